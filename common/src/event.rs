@@ -1,0 +1,265 @@
+//! The Dojo event as it arrives on every channel, and its validation.
+//!
+//! Parsing is strict about what the contract requires (`id`, `accountId`, `event`,
+//! `createdAt`, `data`, with the right types) and lenient about everything Dojo may add
+//! later: unknown event types, statuses and capture modes are kept as strings, never
+//! rejected, because a receiver that rejects them makes Dojo retry them forever.
+
+use crate::time::DojoTime;
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+
+/// Why a body is not an acceptable Dojo event. The message is safe to show to the sender.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValidationError(pub String);
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DojoEvent {
+    pub id: String,
+    pub event: EventType,
+    pub account_id: String,
+    pub created_at: DojoTime,
+    pub data: EventData,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventData {
+    pub payment_intent_id: Option<String>,
+    pub payment_status: Option<PaymentStatus>,
+    pub capture_mode: Option<CaptureMode>,
+}
+
+impl DojoEvent {
+    /// Parses and validates a raw body. Unknown fields are ignored here (the raw body is
+    /// what gets stored), unknown enum values are kept.
+    pub fn from_json(body: &[u8]) -> Result<Self, ValidationError> {
+        let event: Self = serde_json::from_slice(body).map_err(|e| {
+            ValidationError(match e.classify() {
+                serde_json::error::Category::Data => format!("invalid event: {e}"),
+                _ => format!("body is not valid JSON: {e}"),
+            })
+        })?;
+        event.validate()?;
+        Ok(event)
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        let fail = |m: &str| Err(ValidationError(m.to_owned()));
+        if self.id.trim().is_empty() {
+            return fail("invalid event: `id` is empty");
+        }
+        if self.account_id.trim().is_empty() {
+            return fail("invalid event: `accountId` is empty");
+        }
+        if self.event.is_known() {
+            match &self.data.payment_intent_id {
+                Some(id) if !id.trim().is_empty() => {}
+                _ => return fail("invalid event: `data.paymentIntentId` is missing or empty"),
+            }
+            if self.data.payment_status.is_none() {
+                return fail("invalid event: `data.paymentStatus` is missing");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Declares an enum of known Dojo strings that keeps unknown ones in `Other`.
+macro_rules! open_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant,)+
+            /// A value this version does not know; kept verbatim.
+            Other(String),
+        }
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(Self::$variant => $text,)+
+                    Self::Other(s) => s,
+                }
+            }
+
+            pub fn is_known(&self) -> bool {
+                !matches!(self, Self::Other(_))
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                match s {
+                    $($text => Self::$variant,)+
+                    other => Self::Other(other.to_owned()),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Ok(Self::from(s.as_ref()))
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+    };
+}
+
+open_enum!(
+    /// The `event` field.
+    EventType {
+        Created => "payment_intent.created",
+        StatusUpdated => "payment_intent.status_updated",
+    }
+);
+
+open_enum!(
+    /// `data.paymentStatus` (US spelling, as Dojo writes it).
+    PaymentStatus {
+        Created => "Created",
+        Authorized => "Authorized",
+        Captured => "Captured",
+        Reversed => "Reversed",
+        Refunded => "Refunded",
+        Canceled => "Canceled",
+    }
+);
+
+open_enum!(
+    /// `data.captureMode`.
+    CaptureMode {
+        Auto => "Auto",
+        Manual => "Manual",
+    }
+);
+
+impl PaymentStatus {
+    /// Lifecycle stage, used to break ties between events with the same `createdAt`:
+    /// `Created` < `Authorized` < `Captured` < `Reversed` = `Refunded` = `Canceled`.
+    /// Unknown statuses have no stage: they never change a record.
+    pub fn stage(&self) -> Option<i16> {
+        match self {
+            Self::Created => Some(1),
+            Self::Authorized => Some(2),
+            Self::Captured => Some(3),
+            Self::Reversed | Self::Refunded | Self::Canceled => Some(4),
+            Self::Other(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const VECTOR: &str = r#"{"id":"evt_hnnHxIKR_Uy6bhZCusCltw","event":"payment_intent.created","accountId":"acc_test","createdAt":"2022-02-01T13:07:41.8667859Z","data":{"paymentIntentId":"pi_vpwd4ooAPEqyNAQe4z89WQ","paymentStatus":"Created","captureMode":"Auto"}}"#;
+
+    #[test]
+    fn parses_the_documented_event() {
+        let e = DojoEvent::from_json(VECTOR.as_bytes()).unwrap();
+        assert_eq!(e.id, "evt_hnnHxIKR_Uy6bhZCusCltw");
+        assert_eq!(e.event, EventType::Created);
+        assert_eq!(e.account_id, "acc_test");
+        assert_eq!(
+            e.data.payment_intent_id.as_deref(),
+            Some("pi_vpwd4ooAPEqyNAQe4z89WQ")
+        );
+        assert_eq!(e.data.payment_status, Some(PaymentStatus::Created));
+        assert_eq!(e.data.capture_mode, Some(CaptureMode::Auto));
+    }
+
+    #[test]
+    fn keeps_unknown_types_and_values() {
+        let body = VECTOR
+            .replace("payment_intent.created", "payment_intent.amount_adjusted")
+            .replace("\"Created\"", "\"PartiallyRefunded\"")
+            .replace("\"Auto\"", "\"Deferred\"");
+        let e = DojoEvent::from_json(body.as_bytes()).unwrap();
+        assert_eq!(
+            e.event,
+            EventType::Other("payment_intent.amount_adjusted".into())
+        );
+        assert_eq!(
+            e.data.payment_status,
+            Some(PaymentStatus::Other("PartiallyRefunded".into()))
+        );
+        assert_eq!(e.data.payment_status.unwrap().stage(), None);
+        assert_eq!(
+            e.data.capture_mode,
+            Some(CaptureMode::Other("Deferred".into()))
+        );
+    }
+
+    #[test]
+    fn unknown_event_type_needs_no_payment_data() {
+        let body = r#"{"id":"e","event":"refund.created","accountId":"a","createdAt":"2024-01-01T00:00:00Z","data":{"refundId":"r"}}"#;
+        assert!(DojoEvent::from_json(body.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn rejects_each_broken_body_with_a_clear_message() {
+        let without = |field: &str| {
+            let mut v: serde_json::Value = serde_json::from_str(VECTOR).unwrap();
+            v.as_object_mut().unwrap().remove(field);
+            v.to_string()
+        };
+        let cases = [
+            ("not json".to_owned(), "not valid JSON"),
+            ("{\"id\":".to_owned(), "not valid JSON"),
+            ("[]".to_owned(), "invalid event"),
+            (without("id"), "`id`"),
+            (without("accountId"), "`accountId`"),
+            (without("event"), "`event`"),
+            (without("createdAt"), "`createdAt`"),
+            (without("data"), "`data`"),
+            (VECTOR.replace("\"acc_test\"", "42"), "invalid type"),
+            (
+                VECTOR.replace("2022-02-01T13:07:41.8667859Z", "yesterday"),
+                "createdAt",
+            ),
+            (
+                VECTOR.replace("\"pi_vpwd4ooAPEqyNAQe4z89WQ\"", "\"\""),
+                "paymentIntentId",
+            ),
+            (
+                VECTOR.replace("\"evt_hnnHxIKR_Uy6bhZCusCltw\"", "\"\""),
+                "`id` is empty",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = DojoEvent::from_json(body.as_bytes()).unwrap_err();
+            assert!(err.0.contains(expected), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected_not_overflowed() {
+        let body = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(DojoEvent::from_json(body.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn stages_order_the_lifecycle() {
+        use PaymentStatus::*;
+        assert!(Created.stage() < Authorized.stage());
+        assert!(Authorized.stage() < Captured.stage());
+        assert!(Captured.stage() < Refunded.stage());
+        assert_eq!(Reversed.stage(), Canceled.stage());
+    }
+}

@@ -1,0 +1,122 @@
+//! Configuration pieces shared by both services: reading environment variables with
+//! one-line errors, and a wrapper that keeps secrets out of logs and `Debug` output.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A value that must never be printed (passwords, signing secrets, tokens).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A configuration problem, phrased for the one line a service prints before exiting.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Where settings come from: the process environment in production, a map in tests.
+pub trait Source {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// Reads the real process environment.
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<S: std::hash::BuildHasher> Source for std::collections::HashMap<String, String, S> {
+    fn get(&self, name: &str) -> Option<String> {
+        std::collections::HashMap::get(self, name).cloned()
+    }
+}
+
+/// A variable's value if set and not blank.
+pub fn optional(src: &dyn Source, name: &str) -> Option<String> {
+    src.get(name)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+pub fn or_default(src: &dyn Source, name: &str, default: &str) -> String {
+    optional(src, name).unwrap_or_else(|| default.to_owned())
+}
+
+/// Parses a variable, or takes the default when it is unset.
+pub fn parsed<T: FromStr>(src: &dyn Source, name: &str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    match optional(src, name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|e| ConfigError(format!("{name}={v:?} is invalid: {e}"))),
+    }
+}
+
+/// Strips the password from a URL so it can be logged.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &url[..scheme_end], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn blank_is_unset_and_bad_numbers_are_named() {
+        let src: HashMap<String, String> =
+            [("A".into(), "  ".into()), ("N".into(), "ten".into())].into();
+        assert_eq!(optional(&src, "A"), None);
+        assert_eq!(or_default(&src, "A", "x"), "x");
+        let err = parsed::<u64>(&src, "N", 1).unwrap_err().to_string();
+        assert!(err.contains("N=\"ten\""), "{err}");
+        assert_eq!(parsed::<u64>(&src, "MISSING", 7).unwrap(), 7);
+    }
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! RabbitMQ names and the topology both services declare (idempotently) at start.
+//!
+//! Every option that decides whether a message can be lost is spelled out here, once.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+/// Where ingress publishes every event, once.
+pub const EXCHANGE: &str = "dojo.events";
+/// The processor's work queue.
+pub const PROCESSOR_QUEUE: &str = "dojo.events.processor";
+/// Messages that can never be processed, or that exhausted the delivery limit.
+pub const DEAD_QUEUE: &str = "dojo.events.dead";
+/// Binding of the work queue: every event type.
+pub const ALL_EVENTS: &str = "#";
+/// Redeliveries (crashes, rejections) after which RabbitMQ dead-letters a message instead
+/// of looping on it forever.
+pub const DELIVERY_LIMIT: i64 = 50;
+
+/// AMQP header carrying the W3C trace context.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// AMQP headers the processor adds when it dead-letters a message itself.
+pub const DEAD_REASON_HEADER: &str = "x-dead-reason";
+pub const DEAD_AT_HEADER: &str = "x-dead-at";
+
+/// The routing key for an event type: the type itself (so other consumers can bind to
+/// one type), or `other` when the text could not be a routing key.
+pub fn routing_key(event_type: &str) -> &str {
+    if !event_type.is_empty() && event_type.len() <= 200 && event_type.is_ascii() {
+        event_type
+    } else {
+        "other"
+    }
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    // Quorum queues replicate through Raft and survive a node loss; classic ones do not.
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args
+}
+
+fn work_queue_args() -> FieldTable {
+    let mut args = quorum_args();
+    // A message rejected or redelivered too often goes to the dead-letter queue...
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(DEAD_QUEUE.into()),
+    );
+    // ...and dead-lettering itself is confirmed, so it can never drop a message silently
+    // (at-least-once dead-lettering requires reject-publish overflow).
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    args
+}
+
+/// Declares the exchange, both queues and the binding. Safe to run from any number of
+/// processes at once; fails if an existing object was declared with other arguments.
+pub async fn declare(channel: &Channel) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            EXCHANGE.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(DEAD_QUEUE.into(), durable, quorum_args())
+        .await?;
+    channel
+        .queue_declare(PROCESSOR_QUEUE.into(), durable, work_queue_args())
+        .await?;
+    channel
+        .queue_bind(
+            PROCESSOR_QUEUE.into(),
+            EXCHANGE.into(),
+            ALL_EVENTS.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_keys_are_safe() {
+        assert_eq!(
+            routing_key("payment_intent.created"),
+            "payment_intent.created"
+        );
+        assert_eq!(routing_key(""), "other");
+        assert_eq!(routing_key(&"x".repeat(300)), "other");
+        assert_eq!(routing_key("événement"), "other");
+    }
+}
