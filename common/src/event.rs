@@ -14,6 +14,9 @@ use std::fmt;
 #[error("{0}")]
 pub struct ValidationError(pub String);
 
+/// Longest `id` or `accountId` accepted.
+pub const MAX_ID_LEN: usize = 255;
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DojoEvent {
@@ -53,6 +56,10 @@ impl DojoEvent {
         }
         if self.account_id.trim().is_empty() {
             return fail("invalid event: `accountId` is empty");
+        }
+        // Ids travel as AMQP short strings (message_id) and Redis keys.
+        if self.id.len() > MAX_ID_LEN || self.account_id.len() > MAX_ID_LEN {
+            return fail("invalid event: `id` or `accountId` is longer than 255 bytes");
         }
         if self.event.is_known() {
             match &self.data.payment_intent_id {
@@ -240,6 +247,10 @@ mod tests {
             (
                 VECTOR.replace("\"evt_hnnHxIKR_Uy6bhZCusCltw\"", "\"\""),
                 "`id` is empty",
+            ),
+            (
+                VECTOR.replace("evt_hnnHxIKR_Uy6bhZCusCltw", &"e".repeat(256)),
+                "255 bytes",
             ),
         ];
         for (body, expected) in cases {

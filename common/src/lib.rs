@@ -19,3 +19,25 @@ pub use envelope::{Channel, Envelope, RequestorHeaders, ENVELOPE_VERSION};
 pub use error::{EposError, ErrorType};
 pub use event::{CaptureMode, DojoEvent, EventType, PaymentStatus, ValidationError};
 pub use time::DojoTime;
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

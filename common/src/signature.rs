@@ -87,7 +87,7 @@ mod tests {
     fn accepts_any_configured_secret_for_rotation() {
         let secrets = ["old-secret", VECTORS[1].0, "newer"];
         assert!(verify(&secrets, BODY.as_bytes(), VECTORS[1].1));
-        assert!(verify(&secrets, BODY.as_bytes(), VECTORS[0].1) == false);
+        assert!(!verify(&secrets, BODY.as_bytes(), VECTORS[0].1));
     }
 
     #[test]

@@ -1,1 +1,104 @@
-//! placeholder
+//! Processor: consumes queued Dojo Events and applies them, exactly once, to the POS
+//! payment records in PostgreSQL.
+//!
+//! - [`consumer`]: the RabbitMQ side (connection, prefetch, acks, dead letters);
+//! - [`handle`]: one message: parse, dedupe, apply, retry;
+//! - [`dedupe`]: the Redis fast path; [`apply`]: the database transaction (the truth);
+//! - [`rule`]: the payment state rule, as pure functions;
+//! - [`api`]: health, readiness and the read API; [`db`]: pool and migrations.
+
+pub mod api;
+pub mod apply;
+pub mod consumer;
+pub mod db;
+pub mod dedupe;
+pub mod handle;
+pub mod rule;
+pub mod settings;
+
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use dedupe::Dedupe;
+use settings::Settings;
+use sqlx::PgPool;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// What the consumer and the HTTP handlers share.
+pub struct Worker {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub dedupe: Dedupe,
+    /// True while a consumer is attached to the queue.
+    pub consuming: AtomicBool,
+}
+
+pub struct Application {
+    server: actix_web::dev::Server,
+    addr: SocketAddr,
+    worker: Arc<Worker>,
+}
+
+impl Application {
+    /// Connects to PostgreSQL (creating the database and applying migrations) and binds
+    /// the HTTP listener. Consuming starts in [`Application::run_until_stopped`].
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = db::connect_and_migrate(&settings.database_url, settings.db_pool).await?;
+        let dedupe = Dedupe::new(
+            &settings.redis_url,
+            &settings.redis_prefix,
+            settings.claim_lease,
+            settings.done_ttl,
+        );
+        let listener = TcpListener::bind(&settings.addr)
+            .with_context(|| format!("cannot listen on {}", settings.addr))?;
+        let addr = listener.local_addr()?;
+        let worker = Arc::new(Worker {
+            settings,
+            pool,
+            dedupe,
+            consuming: AtomicBool::new(false),
+        });
+        let data = web::Data::new(worker.clone());
+        let server =
+            HttpServer::new(move || App::new().app_data(data.clone()).configure(api::configure))
+                .disable_signals()
+                .workers(1)
+                .listen(listener)?
+                .run();
+        Ok(Self {
+            server,
+            addr,
+            worker,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.worker.pool
+    }
+
+    /// Consumes and serves until `shutdown` resolves; then stops consuming, finishes and
+    /// acks in-flight work, and returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        let consumer = tokio::spawn(consumer::run(self.worker.clone(), stopped));
+        let handle = self.server.handle();
+        let server = tokio::spawn(self.server);
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight messages");
+        stop.send_replace(true);
+        consumer.await?;
+        handle.stop(true).await;
+        server.await??;
+        self.worker.pool.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,251 @@
+//! The confirmed publish path to RabbitMQ, and the supervisor that keeps it connected.
+//!
+//! One connection, a small fixed pool of confirm-mode channels shared by every request:
+//! each publish awaits only its own confirm, so requests never queue behind each other's
+//! confirms, and no request opens a channel. When the connection breaks, the supervisor
+//! drops the pool (readiness goes false, publishes fail fast with 503) and reconnects
+//! with capped exponential backoff and jitter, without a restart.
+
+use common::topology;
+use futures::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
+use rand::Rng;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// Why an event was not confirmed. Every variant means "nothing was acknowledged".
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker not connected")]
+    NotConnected,
+    #[error("no confirm from the broker within {0:?}")]
+    Timeout(Duration),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("broker returned the message as unroutable: {0}")]
+    Returned(String),
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+/// What to publish: the body plus the properties downstream relies on.
+pub struct Outgoing<'a> {
+    pub body: &'a [u8],
+    pub message_id: &'a str,
+    pub routing_key: &'a str,
+    pub traceparent: &'a str,
+}
+
+struct Live {
+    connection: Connection,
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+}
+
+impl Live {
+    fn healthy(&self) -> bool {
+        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
+    }
+}
+
+struct Shared {
+    live: RwLock<Option<Arc<Live>>>,
+    /// Poked by a failed publish so the supervisor checks the connection at once.
+    suspect: Notify,
+    stop: watch::Sender<bool>,
+}
+
+/// Cheap to clone; all clones share one connection.
+#[derive(Clone)]
+pub struct Publisher {
+    shared: Arc<Shared>,
+    timeout: Duration,
+}
+
+pub struct PublisherConfig {
+    pub url: String,
+    pub channels: usize,
+    pub confirm_timeout: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl Publisher {
+    /// Starts the supervisor (on the current Tokio runtime) and returns at once; the
+    /// publisher is ready when [`Publisher::is_ready`] says so.
+    pub fn start(config: PublisherConfig) -> Self {
+        let (stop, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            live: RwLock::new(None),
+            suspect: Notify::new(),
+            stop,
+        });
+        tokio::spawn(supervise(
+            shared.clone(),
+            config.url,
+            config.channels,
+            config.reconnect_max,
+        ));
+        Self {
+            shared,
+            timeout: config.confirm_timeout,
+        }
+    }
+
+    /// True while events can be durably accepted.
+    pub fn is_ready(&self) -> bool {
+        self.live().is_some_and(|l| l.healthy())
+    }
+
+    fn live(&self) -> Option<Arc<Live>> {
+        self.shared.live.read().expect("lock").clone()
+    }
+
+    /// Publishes one persistent, mandatory message and waits (bounded) for the broker's
+    /// confirm. `Ok` means RabbitMQ has taken responsibility for the message.
+    pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
+        let live = self.live().ok_or(PublishError::NotConnected)?;
+        let n = live.next.fetch_add(1, Ordering::Relaxed) % live.channels.len();
+        let channel = &live.channels[n];
+        let mut headers = FieldTable::default();
+        headers.insert(
+            topology::TRACEPARENT_HEADER.into(),
+            AMQPValue::LongString(msg.traceparent.into()),
+        );
+        let properties = BasicProperties::default()
+            // 2 = persistent: written to disk (quorum queues always are) before the confirm.
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(msg.message_id.into())
+            .with_timestamp(chrono::Utc::now().timestamp() as u64)
+            .with_headers(headers);
+        let confirmed = async {
+            channel
+                .basic_publish(
+                    topology::EXCHANGE.into(),
+                    msg.routing_key.into(),
+                    // mandatory: an unroutable message comes back instead of vanishing.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    msg.body,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        let result = match tokio::time::timeout(self.timeout, confirmed).await {
+            Err(_) => Err(PublishError::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(PublishError::Broker(e)),
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+                Err(PublishError::Returned(returned.reply_text.to_string()))
+            }
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
+        };
+        if result.is_err() {
+            self.shared.suspect.notify_one();
+        }
+        result
+    }
+
+    /// Stops reconnecting and closes the connection (after in-flight publishes are done).
+    pub async fn close(&self) {
+        self.shared.stop.send_replace(true);
+        let live = self.shared.live.write().expect("lock").take();
+        if let Some(live) = live {
+            let _ = live
+                .connection
+                .close(200, "ingress shutting down".into())
+                .await;
+        }
+    }
+}
+
+async fn connect(url: &str, channels: usize) -> lapin::Result<Live> {
+    let props = ConnectionProperties::default().with_connection_name("ingress".into());
+    let connection = Connection::connect(url, props).await?;
+    let mut pool = Vec::with_capacity(channels);
+    for i in 0..channels {
+        let channel = connection.create_channel().await?;
+        if i == 0 {
+            topology::declare(&channel).await?;
+        }
+        // Publisher confirms: the broker tells us when it has taken the message.
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        pool.push(channel);
+    }
+    Ok(Live {
+        connection,
+        channels: pool,
+        next: AtomicUsize::new(0),
+    })
+}
+
+/// Backoff with full jitter over the upper half: `[d/2, d]`.
+fn jittered(d: Duration) -> Duration {
+    let ms = d.as_millis().max(2) as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+}
+
+async fn supervise(shared: Arc<Shared>, url: String, channels: usize, max: Duration) {
+    let redacted = common::settings::redact_url(&url);
+    let mut stop = shared.stop.subscribe();
+    let mut backoff = Duration::from_millis(100);
+    while !*stop.borrow() {
+        match connect(&url, channels).await {
+            Ok(live) => {
+                tracing::info!(broker = %redacted, channels, "connected to the broker");
+                backoff = Duration::from_millis(100);
+                let live = Arc::new(live);
+                *shared.live.write().expect("lock") = Some(live.clone());
+                watch_until_broken(&shared, &live, &mut stop).await;
+                shared.live.write().expect("lock").take();
+                if *stop.borrow() {
+                    return;
+                }
+                tracing::warn!(broker = %redacted, "broker connection lost; not ready until reconnected");
+                let _ = live.connection.close(200, "reconnecting".into()).await;
+            }
+            Err(e) => {
+                tracing::warn!(broker = %redacted, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect to the broker");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(jittered(backoff)) => {}
+            _ = stop.changed() => {}
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+/// Returns when the connection or one of its channels is no longer usable, or on stop.
+async fn watch_until_broken(shared: &Shared, live: &Live, stop: &mut watch::Receiver<bool>) {
+    let mut events = live.connection.events_listener().boxed();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Event::Error(e)) => {
+                    tracing::warn!(error = %e, "broker connection error");
+                    return;
+                }
+                None => return,
+                Some(_) => {}
+            },
+            _ = shared.suspect.notified() => {}
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if !live.healthy() {
+            return;
+        }
+    }
+}

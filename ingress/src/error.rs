@@ -1,0 +1,79 @@
+//! One mapping from what went wrong to the HTTP status and EPOSError body Dojo sees.
+//! 5xx bodies are opaque; the cause goes to the log, under the same trace id.
+
+use crate::broker::PublishError;
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use common::{EposError, ErrorType};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("route not configured")]
+    NotConfigured,
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("content type {0:?} is not JSON")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("event not queued: {0}")]
+    Unavailable(#[from] PublishError),
+}
+
+/// Seconds Dojo is asked to wait before retrying a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotConfigured => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_type(&self) -> ErrorType {
+        match self {
+            Self::NotConfigured => ErrorType::NotFound,
+            Self::Unavailable(_) => ErrorType::UnexpectedError,
+            _ => ErrorType::InvalidRequest,
+        }
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            Self::Unavailable(_) => "the event could not be stored; retry later".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Logs the error with its trace id and builds the answer.
+    pub fn respond(&self, trace_id: &str) -> HttpResponse {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(trace_id, status = status.as_u16(), error = %self, "request failed");
+        } else {
+            tracing::warn!(trace_id, status = status.as_u16(), error = %self, "request rejected");
+        }
+        let mut response = HttpResponse::build(status);
+        match self {
+            Self::Unavailable(_) => {
+                response.insert_header(("Retry-After", RETRY_AFTER_SECS));
+            }
+            Self::Unauthorized(_) => {
+                response.insert_header(("WWW-Authenticate", "Basic realm=\"dojo-events\""));
+            }
+            _ => {}
+        }
+        response.json(EposError::new(
+            self.error_type(),
+            self.public_message(),
+            trace_id,
+        ))
+    }
+}

@@ -1,0 +1,96 @@
+//! HTTP routes. Each event route authenticates in its own way, then hands the body to
+//! [`crate::accept`]; the helpers here are what both event routes share.
+
+pub mod events;
+pub mod health;
+pub mod webhook;
+
+use crate::accept::{AcceptError, Trace};
+use crate::error::ApiError;
+use crate::State;
+use actix_web::{web, HttpRequest, HttpResponse};
+use common::{Channel, RequestorHeaders};
+use futures::StreamExt;
+
+/// Largest accepted body (CONTRACT.md): 64 KiB.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The trace for this request, from its `traceparent` header if valid.
+pub fn trace_of(req: &HttpRequest) -> Trace {
+    Trace::continue_or_start(
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+/// A missing content type is accepted; anything else must be JSON (`application/json`
+/// or a `+json` type), parameters such as `charset` allowed.
+pub fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+    let Some(value) = req.headers().get("content-type") else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or("");
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(
+            text.chars().take(100).collect(),
+        ))
+    }
+}
+
+/// Reads the body, refusing it as soon as it is known to exceed [`MAX_BODY`]: from the
+/// `Content-Length` header before reading anything, or while streaming.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<web::Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(ApiError::TooLarge(MAX_BODY));
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::Invalid(format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(ApiError::TooLarge(MAX_BODY));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Validates, publishes, and answers `200 {}` once the broker confirmed.
+pub async fn accept_and_answer(
+    state: &State,
+    channel: Channel,
+    headers: RequestorHeaders,
+    body: &[u8],
+    trace: &Trace,
+) -> Result<HttpResponse, ApiError> {
+    match crate::accept::accept(&state.publisher, channel, headers, body, trace).await {
+        Ok(_) => Ok(HttpResponse::Ok().json(serde_json::json!({}))),
+        Err(AcceptError::Invalid(e)) => Err(ApiError::Invalid(e.0)),
+        Err(AcceptError::NotQueued(e)) => Err(ApiError::Unavailable(e)),
+    }
+}
+
+/// Unknown routes get an EPOSError too.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    let trace = trace_of(&req);
+    ApiError::NotConfigured.respond(&trace.trace_id)
+}

@@ -1,0 +1,91 @@
+//! Processor configuration, from the environment variables named in CONTRACT.md plus a
+//! few optional tuning knobs. Validated once at start.
+
+use common::settings::{optional, or_default, parsed, ConfigError, Secret, Source};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `PROCESSOR_ADDR`; port 0 picks a free port (tests).
+    pub addr: String,
+    /// `AMQP_URL`.
+    pub amqp_url: String,
+    /// `REDIS_URL`.
+    pub redis_url: String,
+    /// `DATABASE_URL`; the database is created if missing, migrations applied at start.
+    pub database_url: String,
+    /// `PROCESSOR_API_TOKEN`; `None`: the `/v1` read API answers 404.
+    pub api_token: Option<Secret>,
+    /// `REDIS_KEY_PREFIX` (default `dojo:`): namespaces the dedupe keys.
+    pub redis_prefix: String,
+    /// `PROCESSOR_PREFETCH`: unacked deliveries the broker may push at once.
+    pub prefetch: u16,
+    /// `PROCESSOR_CONCURRENCY`: deliveries processed in parallel.
+    pub concurrency: usize,
+    /// `PROCESSOR_DB_POOL`: PostgreSQL connections.
+    pub db_pool: u32,
+    /// `PROCESSOR_CLAIM_LEASE_MS`: how long a Redis `processing` claim lives if its holder dies.
+    pub claim_lease: Duration,
+    /// `PROCESSOR_DONE_TTL_SECS`: how long the Redis `done` marker short-cuts duplicates.
+    pub done_ttl: Duration,
+    /// `PROCESSOR_RETRY_MAX_MS`: cap of the backoff between attempts on a transient failure.
+    pub retry_max: Duration,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&common::settings::Env)
+    }
+
+    pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
+        let concurrency = parsed(src, "PROCESSOR_CONCURRENCY", 16usize)?;
+        let prefetch = parsed(src, "PROCESSOR_PREFETCH", 64u16)?;
+        if concurrency == 0 || prefetch == 0 {
+            return Err(ConfigError(
+                "PROCESSOR_CONCURRENCY and PROCESSOR_PREFETCH must be at least 1".into(),
+            ));
+        }
+        Ok(Self {
+            addr: or_default(src, "PROCESSOR_ADDR", "0.0.0.0:8081"),
+            amqp_url: or_default(src, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            redis_url: or_default(src, "REDIS_URL", "redis://127.0.0.1:6379"),
+            database_url: or_default(
+                src,
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/dojo_events",
+            ),
+            api_token: optional(src, "PROCESSOR_API_TOKEN").map(Secret::new),
+            redis_prefix: or_default(src, "REDIS_KEY_PREFIX", "dojo:"),
+            prefetch,
+            concurrency,
+            db_pool: parsed(src, "PROCESSOR_DB_POOL", 16u32)?,
+            claim_lease: Duration::from_millis(parsed(src, "PROCESSOR_CLAIM_LEASE_MS", 30_000)?),
+            done_ttl: Duration::from_secs(parsed(src, "PROCESSOR_DONE_TTL_SECS", 7 * 24 * 3600)?),
+            retry_max: Duration::from_millis(parsed(src, "PROCESSOR_RETRY_MAX_MS", 30_000)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let s = Settings::from_source(&HashMap::new()).unwrap();
+        assert_eq!(s.addr, "0.0.0.0:8081");
+        assert_eq!(s.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(
+            s.database_url,
+            "postgres://postgres@127.0.0.1:5432/dojo_events"
+        );
+        assert!(s.api_token.is_none());
+    }
+
+    #[test]
+    fn zero_concurrency_is_refused() {
+        let src: HashMap<String, String> = [("PROCESSOR_CONCURRENCY".into(), "0".into())].into();
+        assert!(Settings::from_source(&src).is_err());
+    }
+}
