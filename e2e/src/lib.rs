@@ -1,1 +1,36 @@
-//! placeholder
+//! Test kit for the Dojo Events receiver.
+//!
+//! - [`isolation`]: a RabbitMQ vhost, a PostgreSQL database and a Redis key prefix per
+//!   test, so tests run in parallel against the machine's real services and can break
+//!   their own broker without touching anyone else's;
+//! - [`dojo`]: a stand-in for Dojo that builds events and delivers them as Dojo does
+//!   (signed webhooks, Basic-authenticated REST);
+//! - [`scenario`]: payment lifecycles with duplicates and disorder, and their expected
+//!   final states;
+//! - [`wait_until`]: waiting on a condition with a deadline (never a bare sleep).
+
+pub mod dojo;
+pub mod isolation;
+pub mod scenario;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -134,6 +134,7 @@ async fn settle(
         stop,
     )
     .await;
+    let acked = matches!(verdict, Verdict::Ack | Verdict::Dead(_));
     let settled = match verdict {
         Verdict::Ack => delivery.ack(BasicAckOptions::default()).await,
         Verdict::Requeue => {
@@ -157,9 +158,13 @@ async fn settle(
             }
         },
     };
-    if let Err(e) = settled {
+    match settled {
+        Ok(_) if acked => {
+            worker.settled.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(_) => {}
         // The channel is gone: RabbitMQ redelivers the message; dedupe makes that harmless.
-        tracing::warn!(error = %e, "could not settle a delivery; it will be redelivered");
+        Err(e) => tracing::warn!(error = %e, "could not settle a delivery; it will be redelivered"),
     }
 }
 

@@ -23,7 +23,7 @@ use settings::Settings;
 use sqlx::PgPool;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -34,6 +34,8 @@ pub struct Worker {
     pub dedupe: Dedupe,
     /// True while a consumer is attached to the queue.
     pub consuming: AtomicBool,
+    /// Deliveries settled with the broker (acked, including duplicates and dead letters).
+    pub settled: AtomicU64,
 }
 
 pub struct Application {
@@ -61,6 +63,7 @@ impl Application {
             pool,
             dedupe,
             consuming: AtomicBool::new(false),
+            settled: AtomicU64::new(0),
         });
         let data = web::Data::new(worker.clone());
         let server =
@@ -82,6 +85,11 @@ impl Application {
 
     pub fn pool(&self) -> &PgPool {
         &self.worker.pool
+    }
+
+    /// The shared state, for observing the running processor (tests, benchmarks).
+    pub fn worker(&self) -> Arc<Worker> {
+        self.worker.clone()
     }
 
     /// Consumes and serves until `shutdown` resolves; then stops consuming, finishes and

@@ -1,0 +1,74 @@
+//! Payment lifecycles as Dojo produces them, delivered with duplicates and disorder, and
+//! the final state each intent must end in.
+
+use crate::dojo::Event;
+use chrono::{DateTime, Duration, Utc};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+
+/// The lifecycles of dojo-api.md.
+const AUTO: [&[&str]; 4] = [
+    &["Created", "Captured"],
+    &["Created", "Captured", "Refunded"],
+    &["Created", "Captured", "Reversed"],
+    &["Created", "Canceled"],
+];
+const MANUAL: [&[&str]; 4] = [
+    &["Created", "Authorized", "Captured"],
+    &["Created", "Authorized", "Reversed"],
+    &["Created", "Authorized", "Captured", "Refunded"],
+    &["Created", "Canceled"],
+];
+
+pub struct Scenario {
+    /// Every delivery, in sending order: duplicates included, order shuffled.
+    pub deliveries: Vec<Event>,
+    /// Distinct events.
+    pub distinct: usize,
+    /// Payment intent id -> its final status.
+    pub expected: HashMap<String, String>,
+}
+
+/// `intents` lifecycles (half Auto, half Manual) for `account`, each event sent once,
+/// `duplicate_ratio` of them once more, all shuffled. Deterministic for a given seed.
+pub fn lifecycles(account: &str, intents: usize, duplicate_ratio: f64, seed: u64) -> Scenario {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let start: DateTime<Utc> = Utc::now() - Duration::hours(1);
+    let mut events = Vec::new();
+    let mut expected = HashMap::new();
+    for n in 0..intents {
+        let manual = n % 2 == 1;
+        let shapes = if manual { &MANUAL } else { &AUTO };
+        let steps = shapes[rng.random_range(0..shapes.len())];
+        let pi = format!("pi_{seed}_{n}");
+        let mut at = start + Duration::milliseconds(n as i64);
+        for (i, status) in steps.iter().enumerate() {
+            let kind = if i == 0 {
+                "payment_intent.created"
+            } else {
+                "payment_intent.status_updated"
+            };
+            let mut e = Event::new(&format!("evt_{seed}_{n}_{i}"), kind, &pi, status, at);
+            e.account_id = account.into();
+            e.capture_mode = if manual { "Manual" } else { "Auto" }.into();
+            events.push(e);
+            at += Duration::microseconds(rng.random_range(1..5_000_000));
+        }
+        expected.insert(pi, steps[steps.len() - 1].to_string());
+    }
+    let distinct = events.len();
+    let extra: Vec<Event> = events
+        .iter()
+        .filter(|_| rng.random_bool(duplicate_ratio))
+        .cloned()
+        .collect();
+    events.extend(extra);
+    events.shuffle(&mut rng);
+    Scenario {
+        deliveries: events,
+        distinct,
+        expected,
+    }
+}

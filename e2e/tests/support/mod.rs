@@ -1,0 +1,183 @@
+//! Running the real services in-process against a test's isolated slice.
+
+#![allow(dead_code)]
+
+use e2e::dojo::Dojo;
+use e2e::isolation::Services;
+use e2e::wait_until;
+use processor::Worker;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const SECRET: &str = e2e::dojo::DOC_SECRET;
+pub const REST_USER: &str = "dojo";
+pub const REST_PASSWORD: &str = "s3cret-pass";
+pub const API_TOKEN: &str = "test-token";
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A service running on the test's runtime, stopped gracefully by [`Running::stop`].
+pub struct Running {
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        (&mut self.task)
+            .await
+            .expect("service task")
+            .expect("clean stop");
+    }
+}
+
+fn spawn<F>(addr: std::net::SocketAddr, run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Running
+where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    Running {
+        url: format!("http://{addr}"),
+        stop: Some(tx),
+        task: tokio::spawn(run(rx)),
+    }
+}
+
+/// Ingress on the test's vhost, both event routes configured; `extra` overrides.
+pub fn ingress(services: &Services, extra: &[(&str, &str)]) -> Running {
+    let amqp = services.vhost.amqp_url();
+    let mut env = vars(&[
+        ("INGRESS_ADDR", "127.0.0.1:0"),
+        ("INGRESS_WORKERS", "2"),
+        ("AMQP_URL", &amqp),
+        ("DOJO_WEBHOOK_SECRETS", &format!("some-old-secret,{SECRET}")),
+        ("DOJO_REST_USERNAME", REST_USER),
+        ("DOJO_REST_PASSWORD", REST_PASSWORD),
+        ("INGRESS_RECONNECT_MAX_MS", "300"),
+        ("INGRESS_PUBLISH_TIMEOUT_MS", "3000"),
+    ]);
+    env.extend(vars(extra));
+    let settings = ingress::settings::Settings::from_source(&env).expect("ingress settings");
+    let app = ingress::Application::build(settings).expect("ingress builds");
+    spawn(app.local_addr(), |rx| async move {
+        app.run_until_stopped(async {
+            let _ = rx.await;
+        })
+        .await
+    })
+}
+
+/// Waits until ingress says it can accept events.
+pub async fn ready(url: &str) {
+    let client = reqwest::Client::new();
+    wait_until("ready", PATIENCE, || async {
+        let r = client.get(format!("{url}/readyz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+}
+
+pub struct RunningProcessor {
+    pub running: Running,
+    pub worker: Arc<Worker>,
+}
+
+/// Processor on the test's vhost, database and Redis prefix; `extra` overrides.
+pub async fn processor(services: &Services, extra: &[(&str, &str)]) -> RunningProcessor {
+    let (amqp, db) = (services.vhost.amqp_url(), services.db.url());
+    let mut env = vars(&[
+        ("PROCESSOR_ADDR", "127.0.0.1:0"),
+        ("AMQP_URL", &amqp),
+        ("DATABASE_URL", &db),
+        ("REDIS_KEY_PREFIX", &services.redis_prefix),
+        ("PROCESSOR_API_TOKEN", API_TOKEN),
+        ("PROCESSOR_DONE_TTL_SECS", "600"),
+        ("PROCESSOR_DB_POOL", "8"),
+    ]);
+    env.extend(vars(extra));
+    let settings = processor::settings::Settings::from_source(&env).expect("processor settings");
+    let app = processor::Application::build(settings)
+        .await
+        .expect("processor builds");
+    let worker = app.worker();
+    let running = spawn(app.local_addr(), |rx| async move {
+        app.run_until_stopped(async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    let w = worker.clone();
+    wait_until("processor consuming", PATIENCE, || async {
+        w.consuming.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    RunningProcessor { running, worker }
+}
+
+impl RunningProcessor {
+    /// Waits until at least `n` deliveries have been settled.
+    pub async fn settled(&self, n: u64) {
+        let w = self.worker.clone();
+        wait_until(&format!("{n} deliveries settled"), PATIENCE, || async {
+            (w.settled.load(Ordering::SeqCst) >= n).then_some(())
+        })
+        .await;
+    }
+}
+
+pub fn dojo(ingress: &Running) -> Dojo {
+    Dojo::new(&ingress.url, SECRET, REST_USER, REST_PASSWORD)
+}
+
+/// A payment intent as the POS sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    pub status: String,
+    pub capture_mode: Option<String>,
+    pub last_event_id: String,
+}
+
+pub async fn intent(pool: &sqlx::PgPool, id: &str) -> Option<Intent> {
+    let row: Option<(String, Option<String>, String)> = sqlx::query_as(
+        "SELECT status, capture_mode, last_event_id FROM payment_intents WHERE payment_intent_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .expect("query payment_intents");
+    row.map(|(status, capture_mode, last_event_id)| Intent {
+        status,
+        capture_mode,
+        last_event_id,
+    })
+}
+
+/// `(event_id, channel, outcome)` of every `dojo_events` row of an intent, oldest first.
+pub async fn events_of(pool: &sqlx::PgPool, pi: &str) -> Vec<(String, String, String)> {
+    sqlx::query_as(
+        "SELECT event_id, channel, outcome FROM dojo_events WHERE payment_intent_id = $1 ORDER BY created_at, event_id",
+    )
+    .bind(pi)
+    .fetch_all(pool)
+    .await
+    .expect("query dojo_events")
+}
+
+pub async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
