@@ -3,15 +3,11 @@
 //! - [`isolation`]: a RabbitMQ vhost, a PostgreSQL database and a Redis key prefix per
 //!   test, so tests run in parallel against the machine's real services and can break
 //!   their own broker without touching anyone else's;
-//! - [`dojo`]: a stand-in for Dojo that builds events and delivers them as Dojo does
-//!   (signed webhooks, Basic-authenticated REST);
-//! - [`scenario`]: payment lifecycles with duplicates and disorder, and their expected
-//!   final states;
 //! - [`wait_until`]: waiting on a condition with a deadline (never a bare sleep).
+//!
+//! Dojo itself is played by the `simulator` crate.
 
-pub mod dojo;
 pub mod isolation;
-pub mod scenario;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -5,9 +5,9 @@
 mod support;
 
 use chrono::{Duration as Span, Utc};
-use e2e::dojo::{Event, DOC_EVENT, DOC_SIGNATURE};
 use e2e::isolation::Services;
 use e2e::wait_until;
+use simulator::event::{Event, DOC_EVENT, DOC_SIGNATURE};
 use support::*;
 
 const CREATED: &str = "payment_intent.created";
@@ -112,7 +112,7 @@ async fn the_same_event_twenty_times_over_two_channels_is_recorded_once() {
 }
 
 /// Sends one event and waits until the processor has settled it.
-async fn deliver(dojo: &e2e::dojo::Dojo, processor: &RunningProcessor, event: &Event, n: u64) {
+async fn deliver(dojo: &simulator::Dojo, processor: &RunningProcessor, event: &Event, n: u64) {
     assert_eq!(dojo.webhook(&event.body()).await.unwrap().status(), 200);
     processor.settled(n).await;
 }

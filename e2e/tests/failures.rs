@@ -5,10 +5,10 @@ mod support;
 
 use chrono::{Duration as Span, Utc};
 use common::topology::{DEAD_QUEUE, EXCHANGE, PROCESSOR_QUEUE};
-use e2e::dojo::{Event, DOC_EVENT};
 use e2e::isolation::Services;
-use e2e::scenario::lifecycles;
 use e2e::wait_until;
+use simulator::event::{Event, DOC_EVENT};
+use simulator::scenario::lifecycles;
 use support::*;
 
 async fn ready_count(services: &Services, queue: &str, expected: u32) {
@@ -258,7 +258,7 @@ async fn a_broker_outage_gives_503_never_200_and_ingress_recovers_by_itself() {
 }
 
 /// Sends every delivery of a scenario, alternating channels, 16 at a time.
-async fn send_all(dojo: &e2e::dojo::Dojo, deliveries: &[Event]) {
+async fn send_all(dojo: &simulator::Dojo, deliveries: &[Event]) {
     use futures::StreamExt;
     let statuses: Vec<u16> = futures::stream::iter(deliveries.iter().enumerate())
         .map(|(i, e)| async move {
@@ -276,7 +276,7 @@ async fn send_all(dojo: &e2e::dojo::Dojo, deliveries: &[Event]) {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
 
-async fn assert_final_states(pool: &sqlx::PgPool, scenario: &e2e::scenario::Scenario) {
+async fn assert_final_states(pool: &sqlx::PgPool, scenario: &simulator::scenario::Scenario) {
     assert_eq!(
         count(pool, "SELECT count(*) FROM dojo_events").await,
         scenario.distinct as i64,

@@ -4,11 +4,11 @@
 
 use common::{Channel, Envelope, RequestorHeaders};
 use e2e::isolation::Services;
-use e2e::scenario::lifecycles;
 use e2e::wait_until;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
 use serde_json::value::RawValue;
+use simulator::scenario::lifecycles;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 

@@ -2,10 +2,10 @@
 
 #![allow(dead_code)]
 
-use e2e::dojo::Dojo;
 use e2e::isolation::Services;
 use e2e::wait_until;
 use processor::Worker;
+use simulator::Dojo;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const SECRET: &str = e2e::dojo::DOC_SECRET;
+pub const SECRET: &str = simulator::event::DOC_SECRET;
 pub const REST_USER: &str = "dojo";
 pub const REST_PASSWORD: &str = "s3cret-pass";
 pub const API_TOKEN: &str = "test-token";

@@ -1,7 +1,7 @@
 //! Payment lifecycles as Dojo produces them, delivered with duplicates and disorder, and
 //! the final state each intent must end in.
 
-use crate::dojo::Event;
+use crate::event::Event;
 use chrono::{DateTime, Duration, Utc};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -70,5 +70,20 @@ pub fn lifecycles(account: &str, intents: usize, duplicate_ratio: f64, seed: u64
         deliveries: events,
         distinct,
         expected,
+    }
+}
+
+impl Scenario {
+    /// Holds back about `ratio` of the deliveries until everything else was sent, as
+    /// late retries from Dojo would arrive.
+    pub fn with_late(mut self, ratio: f64, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x1a7e);
+        let (late, mut on_time): (Vec<Event>, Vec<Event>) = self
+            .deliveries
+            .into_iter()
+            .partition(|_| rng.random_bool(ratio));
+        on_time.extend(late);
+        self.deliveries = on_time;
+        self
     }
 }

@@ -1,0 +1,23 @@
+//! A stand-in for Dojo, for tests, demos and load runs. Dojo's servers cannot be reached
+//! from a test machine; this speaks Dojo's real protocols instead:
+//!
+//! - [`event`]: events as Dojo writes them (7-digit `createdAt`, the documented example);
+//! - [`client`]: delivery over signed webhooks and Basic-authenticated REST;
+//! - [`ws`]: Dojo's WebSocket endpoint, pushing JSON-RPC `HandleEventV1` requests to a
+//!   connected POS and matching its replies;
+//! - [`fake_api`]: Dojo's capability-registration API (`PUT /epos/integrations/...`);
+//! - [`scenario`]: payment lifecycles with duplicates and disorder, and the final states
+//!   they must produce;
+//! - [`run`]: drives a scenario over the channels at a rate and reports what was
+//!   acknowledged; [`verify`] checks the outcome against the processor's read API.
+
+pub mod client;
+pub mod event;
+pub mod fake_api;
+pub mod run;
+pub mod scenario;
+pub mod verify;
+pub mod ws;
+
+pub use client::Dojo;
+pub use event::Event;

@@ -1,0 +1,211 @@
+//! `dojo-simulator`: drive a running ingress as Dojo would, and check the outcome.
+//!
+//! ```text
+//! dojo-simulator run --ingress http://127.0.0.1:8080 --ws-listen 127.0.0.1:9000 \
+//!     --intents 200 --verify-url http://127.0.0.1:8081
+//! dojo-simulator fake-api --listen 127.0.0.1:9100
+//! ```
+
+use clap::{Parser, Subcommand};
+use simulator::run::{Options, Targets, Via};
+use simulator::{scenario, verify, ws::DojoWs, Dojo};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "dojo-simulator",
+    about = "A stand-in for Dojo: sends payment events and checks they land"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate payment lifecycles and deliver them over WebSocket, webhooks and REST.
+    Run(Box<RunArgs>),
+    /// Serve a fake of Dojo's registration API (for trying `ingress register`).
+    FakeApi {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Ingress base URL, for webhooks and REST.
+    #[arg(long)]
+    ingress: Option<String>,
+    /// Act as Dojo's WebSocket endpoint on this address and wait for ingress to connect
+    /// (start ingress with DOJO_WS_URL=ws://ADDR/epos).
+    #[arg(long)]
+    ws_listen: Option<String>,
+    /// API key the WebSocket handshake must present (any, if unset).
+    #[arg(long, env = "DOJO_API_KEY")]
+    ws_api_key: Option<String>,
+    /// Webhook signing secret (the first of DOJO_WEBHOOK_SECRETS).
+    #[arg(
+        long,
+        env = "DOJO_WEBHOOK_SECRETS",
+        default_value = "ws_OYsyzcrH70GpJfs8MMkKpg"
+    )]
+    webhook_secret: String,
+    #[arg(long, env = "DOJO_REST_USERNAME", default_value = "dojo")]
+    rest_username: String,
+    #[arg(long, env = "DOJO_REST_PASSWORD", default_value = "change-me")]
+    rest_password: String,
+    /// Channels to use (default: every one configured above).
+    #[arg(long, value_delimiter = ',')]
+    channels: Vec<Via>,
+    #[arg(long, default_value_t = 100)]
+    intents: usize,
+    #[arg(long, default_value = "acc_simulator")]
+    account: String,
+    /// Fraction of events delivered twice.
+    #[arg(long, default_value_t = 0.3)]
+    duplicates: f64,
+    /// Fraction of deliveries also sent over a second channel.
+    #[arg(long, default_value_t = 0.1)]
+    doubling: f64,
+    /// Fraction of deliveries held back to the end (late retries).
+    #[arg(long, default_value_t = 0.05)]
+    late: f64,
+    /// Deliveries per second (open loop); unset: as fast as --concurrency allows.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Processor base URL: check every intent's final status through its read API.
+    #[arg(long)]
+    verify_url: Option<String>,
+    #[arg(long, env = "PROCESSOR_API_TOKEN", default_value = "change-me")]
+    api_token: String,
+    /// Write the JSON report here as well.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(*args).await,
+        Command::FakeApi { listen } => fake_api(&listen).await,
+    };
+    if let Err(e) = result {
+        eprintln!("dojo-simulator: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn fake_api(listen: &str) -> anyhow::Result<()> {
+    let api = simulator::fake_api::FakeDojoApi::start(listen)?;
+    println!(
+        "fake Dojo API on {} (PUT /epos/integrations/ws|rest); Ctrl-C to stop",
+        api.url
+    );
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        for r in api.requests().into_iter().skip(seen) {
+            seen += 1;
+            println!(
+                "{} {}\n{}",
+                r.method,
+                r.path,
+                serde_json::to_string_pretty(&r.body)?
+            );
+        }
+    }
+    api.stop().await;
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut targets = Targets::default();
+    if let Some(addr) = &args.ws_listen {
+        let ws = DojoWs::bind(addr, args.ws_api_key.clone()).await?;
+        println!(
+            "Dojo WebSocket endpoint at {}; waiting for ingress to connect...",
+            ws.url()
+        );
+        ws.wait_for_connection(1, Duration::from_secs(120)).await?;
+        targets.ws = Some(ws);
+    }
+    if let Some(url) = &args.ingress {
+        targets.http = Some(Dojo::new(
+            url,
+            &args.webhook_secret,
+            &args.rest_username,
+            &args.rest_password,
+        ));
+    }
+    let mut channels = args.channels.clone();
+    if channels.is_empty() {
+        if targets.ws.is_some() {
+            channels.push(Via::Ws);
+        }
+        if targets.http.is_some() {
+            channels.extend([Via::Webhook, Via::Rest]);
+        }
+    }
+    anyhow::ensure!(
+        !channels.is_empty(),
+        "nothing to send to: give --ingress and/or --ws-listen"
+    );
+    let scenario = scenario::lifecycles(&args.account, args.intents, args.duplicates, args.seed)
+        .with_late(args.late, args.seed);
+    let options = Options {
+        channels,
+        rate: args.rate,
+        concurrency: args.concurrency,
+        doubling: args.doubling,
+        seed: args.seed,
+        timeout: Duration::from_secs(10),
+    };
+    let report = simulator::run::run(&scenario, &targets, &options).await;
+    println!(
+        "sent {} deliveries of {} distinct events for {} payment intents in {:.2}s: {} acknowledged, {} failed",
+        report.sent, report.distinct_events, report.intents, report.seconds, report.acknowledged, report.failed
+    );
+    for (via, c) in &report.channels {
+        println!(
+            "  {via:?}: sent {}, acknowledged {}, failed {}",
+            c.sent, c.acknowledged, c.failed
+        );
+    }
+    for f in &report.failures {
+        println!("  failure: {f}");
+    }
+    let mut json = serde_json::json!({"run": report});
+    let mut ok = report.failed == 0;
+    if let Some(url) = &args.verify_url {
+        let v = verify::verify(
+            url,
+            &args.api_token,
+            &scenario.expected,
+            Duration::from_secs(60),
+        )
+        .await;
+        println!(
+            "verified {} payment intents: {} in their expected final status",
+            v.checked, v.matched
+        );
+        for (pi, want, got) in v.mismatched.iter().take(10) {
+            println!("  {pi}: expected {want}, found {got}");
+        }
+        ok &= v.mismatched.is_empty();
+        json["verification"] = serde_json::to_value(&v)?;
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
+    }
+    anyhow::ensure!(ok, "the run did not fully succeed");
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! Drives a scenario into an ingress over the chosen channels, open-loop at a rate or as
+//! fast as a concurrency allows, and reports what was sent and acknowledged.
+
+use crate::client::Dojo;
+use crate::event::Event;
+use crate::scenario::Scenario;
+use crate::ws::{error_type, is_success, DojoWs};
+use futures::StreamExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    Ws,
+    Webhook,
+    Rest,
+}
+
+impl std::str::FromStr for Via {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ws" => Ok(Self::Ws),
+            "webhook" => Ok(Self::Webhook),
+            "rest" => Ok(Self::Rest),
+            other => Err(format!("unknown channel {other:?} (ws, webhook, rest)")),
+        }
+    }
+}
+
+/// Where deliveries go.
+#[derive(Clone, Default)]
+pub struct Targets {
+    pub ws: Option<DojoWs>,
+    pub http: Option<Dojo>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub channels: Vec<Via>,
+    /// Deliveries per second; `None`: as fast as `concurrency` allows.
+    pub rate: Option<f64>,
+    pub concurrency: usize,
+    /// Fraction of deliveries also sent over a second channel.
+    pub doubling: f64,
+    pub seed: u64,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ChannelReport {
+    pub sent: u64,
+    pub acknowledged: u64,
+    pub failed: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    pub distinct_events: usize,
+    pub intents: usize,
+    pub sent: u64,
+    pub acknowledged: u64,
+    pub failed: u64,
+    pub seconds: f64,
+    pub channels: BTreeMap<Via, ChannelReport>,
+    /// The first few failures, for the reader.
+    pub failures: Vec<String>,
+}
+
+async fn deliver(
+    targets: &Targets,
+    via: Via,
+    event: &Event,
+    timeout: Duration,
+) -> Result<(), String> {
+    let body = event.body();
+    match via {
+        Via::Ws => {
+            let ws = targets.ws.as_ref().ok_or("no WebSocket endpoint")?;
+            let reply = ws
+                .handle_event(&body, None, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            if is_success(&reply) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ws {}: {}",
+                    error_type(&reply).unwrap_or("bad reply"),
+                    reply
+                ))
+            }
+        }
+        Via::Webhook | Via::Rest => {
+            let http = targets.http.as_ref().ok_or("no ingress URL")?;
+            let sent = if via == Via::Webhook {
+                http.webhook(&body).await
+            } else {
+                http.rest(&body).await
+            };
+            let response = sent.map_err(|e| e.to_string())?;
+            let status = response.status();
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{via:?} {status}: {}",
+                    response.text().await.unwrap_or_default()
+                ))
+            }
+        }
+    }
+}
+
+/// Sends every delivery of `scenario` and waits for every answer.
+pub async fn run(scenario: &Scenario, targets: &Targets, options: &Options) -> Report {
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let channels = &options.channels;
+    let mut jobs: Vec<(Via, &Event)> = Vec::new();
+    for event in &scenario.deliveries {
+        let first = channels[rng.random_range(0..channels.len())];
+        jobs.push((first, event));
+        if channels.len() > 1 && rng.random_bool(options.doubling) {
+            let others: Vec<Via> = channels.iter().copied().filter(|c| *c != first).collect();
+            jobs.push((others[rng.random_range(0..others.len())], event));
+        }
+    }
+    let start = Instant::now();
+    let results: Vec<(Via, Result<(), String>)> =
+        futures::stream::iter(jobs.into_iter().enumerate())
+            .map(|(i, (via, event))| async move {
+                if let Some(rate) = options.rate {
+                    tokio::time::sleep_until(
+                        (start + Duration::from_secs_f64(i as f64 / rate)).into(),
+                    )
+                    .await;
+                }
+                (via, deliver(targets, via, event, options.timeout).await)
+            })
+            .buffer_unordered(options.concurrency.max(1))
+            .collect()
+            .await;
+    let mut report = Report {
+        distinct_events: scenario.distinct,
+        intents: scenario.expected.len(),
+        seconds: start.elapsed().as_secs_f64(),
+        ..Report::default()
+    };
+    for (via, result) in results {
+        let channel = report.channels.entry(via).or_default();
+        channel.sent += 1;
+        report.sent += 1;
+        match result {
+            Ok(()) => {
+                channel.acknowledged += 1;
+                report.acknowledged += 1;
+            }
+            Err(e) => {
+                channel.failed += 1;
+                report.failed += 1;
+                if report.failures.len() < 10 {
+                    report.failures.push(e);
+                }
+            }
+        }
+    }
+    report
+}
