@@ -4,14 +4,18 @@
 //! - [`auth`]: Basic credentials of the REST channel (webhook signatures are in `common`);
 //! - [`accept`]: validate, envelope, publish: the path shared by every channel;
 //! - [`broker`]: the confirmed publisher and its reconnecting supervisor;
+//! - [`ws`]: the WebSocket to Dojo (JSON-RPC `HandleEventV1`);
+//! - [`register`]: `ingress register ws|rest`, capability registration with Dojo;
 //! - [`settings`]: configuration from the environment.
 
 pub mod accept;
 pub mod auth;
 pub mod broker;
 pub mod error;
+pub mod register;
 pub mod routes;
 pub mod settings;
+pub mod ws;
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
@@ -19,12 +23,17 @@ use broker::{Publisher, PublisherConfig};
 use settings::Settings;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
+use ws::WsClient;
 
 /// What every handler can reach.
 pub struct State {
     pub settings: Settings,
     pub publisher: Publisher,
+    /// Whether the WebSocket to Dojo is open; `None` when that channel is not configured.
+    pub ws_connected: Option<Arc<AtomicBool>>,
 }
 
 /// A bound, not yet running ingress.
@@ -32,6 +41,7 @@ pub struct Application {
     server: actix_web::dev::Server,
     addr: SocketAddr,
     publisher: Publisher,
+    ws: Option<WsClient>,
 }
 
 /// How long in-flight requests (and their confirms) get to finish on shutdown.
@@ -51,9 +61,14 @@ impl Application {
             reconnect_max: settings.reconnect_max,
         });
         let workers = settings.workers;
+        let ws = settings
+            .ws
+            .clone()
+            .map(|ws| WsClient::start(ws, publisher.clone()));
         let state = web::Data::new(State {
             settings,
             publisher: publisher.clone(),
+            ws_connected: ws.as_ref().map(WsClient::connected_flag),
         });
         let mut server = HttpServer::new(move || {
             App::new()
@@ -78,6 +93,7 @@ impl Application {
             server: server.run(),
             addr,
             publisher,
+            ws,
         })
     }
 
@@ -96,7 +112,13 @@ impl Application {
         let server = tokio::spawn(self.server);
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");
-        handle.stop(true).await;
+        // HTTP and WebSocket drain side by side: no new requests, in-flight ones answered.
+        let ws_drained = async {
+            if let Some(ws) = self.ws {
+                ws.shutdown().await;
+            }
+        };
+        tokio::join!(handle.stop(true), ws_drained);
         server.await??;
         self.publisher.close().await;
         tracing::info!("stopped");

@@ -11,6 +11,22 @@ pub struct RestCredentials {
     pub password: Secret,
 }
 
+/// The WebSocket to Dojo (`DOJO_WS_URL` and `DOJO_API_KEY` both set).
+#[derive(Debug, Clone)]
+pub struct WsSettings {
+    pub url: String,
+    pub api_key: Secret,
+    /// `DOJO_SOFTWARE_HOUSE_ID`, `DOJO_RESELLER_ID`: handshake headers.
+    pub software_house_id: Option<String>,
+    pub reseller_id: Option<String>,
+    /// `INGRESS_WS_PING_MS`: ping cadence; three silent intervals mean a dead peer.
+    pub ping_interval: Duration,
+    /// `INGRESS_WS_MAX_IN_FLIGHT`: requests handled at once on the socket.
+    pub max_in_flight: usize,
+    /// `INGRESS_WS_RECONNECT_MAX_MS`: cap of the reconnect backoff.
+    pub reconnect_max: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `INGRESS_ADDR`; port 0 picks a free port (tests).
@@ -29,6 +45,8 @@ pub struct Settings {
     pub workers: Option<usize>,
     /// `INGRESS_RECONNECT_MAX_MS`: cap of the broker reconnect backoff.
     pub reconnect_max: Duration,
+    /// The WebSocket channel, if configured.
+    pub ws: Option<WsSettings>,
 }
 
 impl Settings {
@@ -72,7 +90,38 @@ impl Settings {
                 "INGRESS_PUBLISH_CHANNELS must be at least 1".into(),
             ));
         }
+        let ws = match (optional(src, "DOJO_WS_URL"), optional(src, "DOJO_API_KEY")) {
+            (Some(url), Some(key)) => {
+                if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                    return Err(ConfigError(format!(
+                        "DOJO_WS_URL={url:?} is not a ws:// or wss:// URL"
+                    )));
+                }
+                Some(WsSettings {
+                    url,
+                    api_key: Secret::new(key),
+                    software_house_id: optional(src, "DOJO_SOFTWARE_HOUSE_ID"),
+                    reseller_id: optional(src, "DOJO_RESELLER_ID"),
+                    ping_interval: Duration::from_millis(
+                        parsed(src, "INGRESS_WS_PING_MS", 20_000u64)?.max(10),
+                    ),
+                    max_in_flight: parsed(src, "INGRESS_WS_MAX_IN_FLIGHT", 256usize)?.max(1),
+                    reconnect_max: Duration::from_millis(parsed(
+                        src,
+                        "INGRESS_WS_RECONNECT_MAX_MS",
+                        30_000,
+                    )?),
+                })
+            }
+            (Some(_), None) => {
+                return Err(ConfigError(
+                    "DOJO_WS_URL is set but DOJO_API_KEY is not".into(),
+                ))
+            }
+            _ => None,
+        };
         Ok(Self {
+            ws,
             addr: or_default(src, "INGRESS_ADDR", "0.0.0.0:8080"),
             amqp_url: or_default(src, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             rest,
@@ -123,6 +172,27 @@ mod tests {
         ]))
         .unwrap();
         assert!(!format!("{s:?}").contains("pa55"));
+    }
+
+    #[test]
+    fn the_websocket_needs_a_url_and_a_key() {
+        let s = Settings::from_source(&src(&[("DOJO_API_KEY", "sk_sandbox_x")])).unwrap();
+        assert!(
+            s.ws.is_none(),
+            "a key alone (for `register`) opens no socket"
+        );
+        let s = Settings::from_source(&src(&[
+            ("DOJO_WS_URL", "wss://eu.ws.dojo.tech/epos"),
+            ("DOJO_API_KEY", "sk_sandbox_x"),
+        ]))
+        .unwrap();
+        assert!(!format!("{:?}", s.ws.unwrap()).contains("sk_sandbox_x"));
+        assert!(Settings::from_source(&src(&[("DOJO_WS_URL", "wss://x")])).is_err());
+        assert!(Settings::from_source(&src(&[
+            ("DOJO_WS_URL", "https://x"),
+            ("DOJO_API_KEY", "k")
+        ]))
+        .is_err());
     }
 
     #[test]

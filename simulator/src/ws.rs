@@ -29,6 +29,8 @@ struct Inner {
     pending: Mutex<HashMap<String, oneshot::Sender<Value>>>,
     /// Frames that answered no outstanding request.
     strays: Mutex<Vec<Value>>,
+    /// Close frames received: `(code, reason)`.
+    closes: Mutex<Vec<(u16, String)>>,
     next_id: AtomicU64,
     expected_key: Option<String>,
 }
@@ -108,6 +110,13 @@ impl DojoWs {
         let inner = self.inner.clone();
         let reader = tokio::spawn(async move {
             while let Some(Ok(message)) = source.next().await {
+                if let Message::Close(frame) = &message {
+                    let (code, reason) = frame
+                        .as_ref()
+                        .map(|f| (u16::from(f.code), f.reason.to_string()))
+                        .unwrap_or((1005, String::new()));
+                    inner.closes.lock().expect("lock").push((code, reason));
+                }
                 if let Message::Text(text) = message {
                     let Ok(reply) = serde_json::from_str::<Value>(&text) else {
                         inner
@@ -171,6 +180,19 @@ impl DojoWs {
     /// Replies that matched no outstanding request (or were not JSON).
     pub fn strays(&self) -> Vec<Value> {
         self.inner.strays.lock().expect("lock").clone()
+    }
+
+    /// Close frames the POS sent: `(code, reason)`.
+    pub fn closes(&self) -> Vec<(u16, String)> {
+        self.inner.closes.lock().expect("lock").clone()
+    }
+
+    /// Stops reading the current connection while keeping it open: no more pongs or
+    /// replies, as a hung peer behind a live TCP connection would behave.
+    pub fn freeze(&self) {
+        if let Some(conn) = self.inner.current.lock().expect("lock").as_ref() {
+            conn.tasks[1].abort();
+        }
     }
 
     /// Sends a raw text frame on the current connection.

@@ -1,0 +1,257 @@
+//! `ingress register ws|rest`: tells Dojo which HandleEvent capabilities this POS serves
+//! (`PUT {DOJO_API_URL}/epos/integrations/ws|rest`). Every PUT replaces the whole set,
+//! so both event capabilities are always sent together.
+
+use common::settings::{optional, or_default, ConfigError, Secret, Source};
+use serde_json::{json, Value};
+
+/// Dojo's API version header value this client speaks.
+pub const API_VERSION: &str = "2024-02-05";
+const CAPABILITIES: [&str; 2] = [
+    "HandleEvent:payment_intent.created",
+    "HandleEvent:payment_intent.status_updated",
+];
+
+/// Which channel to register.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Ws,
+    Rest {
+        url: String,
+        username: String,
+        password: Secret,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub api_url: String,
+    pub api_key: Secret,
+    pub software_house_id: String,
+    pub reseller_id: Option<String>,
+    pub target: Target,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("cannot reach Dojo at {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("Dojo refused the registration ({status}){problem}")]
+    Refused {
+        status: reqwest::StatusCode,
+        problem: String,
+    },
+}
+
+impl Registration {
+    /// Reads `DOJO_API_URL`, `DOJO_API_KEY`, `DOJO_SOFTWARE_HOUSE_ID`, `DOJO_RESELLER_ID`.
+    pub fn from_source(src: &dyn Source, target: Target) -> Result<Self, ConfigError> {
+        if let Target::Rest { url, .. } = &target {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(ConfigError(format!("--url {url:?} must be an http(s) URL")));
+            }
+        }
+        Ok(Self {
+            api_url: or_default(src, "DOJO_API_URL", "https://api.dojo.tech")
+                .trim_end_matches('/')
+                .to_owned(),
+            api_key: Secret::new(
+                optional(src, "DOJO_API_KEY")
+                    .ok_or_else(|| ConfigError("DOJO_API_KEY is required to register".into()))?,
+            ),
+            software_house_id: optional(src, "DOJO_SOFTWARE_HOUSE_ID").ok_or_else(|| {
+                ConfigError("DOJO_SOFTWARE_HOUSE_ID is required to register".into())
+            })?,
+            reseller_id: optional(src, "DOJO_RESELLER_ID"),
+            target,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        let kind = match self.target {
+            Target::Ws => "ws",
+            Target::Rest { .. } => "rest",
+        };
+        format!("{}/epos/integrations/{kind}", self.api_url)
+    }
+
+    /// The JSON body; `reveal` false masks the REST password.
+    pub fn body(&self, reveal: bool) -> Value {
+        let capabilities: Vec<Value> = CAPABILITIES
+            .iter()
+            .map(|name| json!({"name": name, "version": "v1"}))
+            .collect();
+        match &self.target {
+            Target::Ws => json!({"capabilities": capabilities}),
+            Target::Rest {
+                url,
+                username,
+                password,
+            } => json!({
+                "url": url,
+                "capabilities": capabilities,
+                "auth": {
+                    "authType": "basic",
+                    "basic": {"username": username, "password": if reveal { password.expose() } else { "***" }},
+                },
+            }),
+        }
+    }
+
+    /// Request headers; `reveal` false masks the API key.
+    pub fn headers(&self, reveal: bool) -> Vec<(&'static str, String)> {
+        let key = if reveal {
+            self.api_key.expose().to_owned()
+        } else {
+            // Enough of the key to tell sandbox from production, never the secret part.
+            let k = self.api_key.expose();
+            let shown = (k.chars().count() / 2).min(11);
+            format!("{}***", k.chars().take(shown).collect::<String>())
+        };
+        let mut headers = vec![
+            ("authorization", format!("Basic {key}")),
+            ("software-house-id", self.software_house_id.clone()),
+            ("version", API_VERSION.to_owned()),
+            ("content-type", "application/json".to_owned()),
+        ];
+        if let Some(r) = &self.reseller_id {
+            headers.push(("reseller-id", r.clone()));
+        }
+        headers
+    }
+
+    /// What `--dry-run` prints: the request, secrets masked.
+    pub fn describe(&self) -> String {
+        let mut out = format!("PUT {}\n", self.url());
+        for (name, value) in self.headers(false) {
+            out += &format!("{name}: {value}\n");
+        }
+        out + "\n" + &serde_json::to_string_pretty(&self.body(false)).expect("JSON")
+    }
+
+    /// Sends the registration. `Ok` carries a one-line summary.
+    pub async fn send(&self, http: &reqwest::Client) -> Result<String, RegisterError> {
+        let mut request = http.put(self.url()).json(&self.body(true));
+        for (name, value) in self.headers(true) {
+            request = request.header(name, value);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| RegisterError::Unreachable {
+                url: self.url(),
+                source,
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(format!(
+                "registered with Dojo ({} {}): {}",
+                status.as_u16(),
+                self.url(),
+                CAPABILITIES.map(|c| format!("{c} v1")).join(", ")
+            ));
+        }
+        let text = response.text().await.unwrap_or_default();
+        Err(RegisterError::Refused {
+            status,
+            problem: describe_problem(&text),
+        })
+    }
+}
+
+/// Renders an RFC 7807 problem-details body (or the raw text) for the terminal.
+pub fn describe_problem(body: &str) -> String {
+    let Ok(problem) = serde_json::from_str::<Value>(body) else {
+        let text: String = body.trim().chars().take(2000).collect();
+        return if text.is_empty() {
+            String::new()
+        } else {
+            format!(": {text}")
+        };
+    };
+    let field = |name: &str| problem.get(name).and_then(Value::as_str).map(str::to_owned);
+    let mut out = String::new();
+    for part in [field("title"), field("detail")].into_iter().flatten() {
+        out += &format!(": {part}");
+    }
+    if let Some(errors) = problem.get("errors").and_then(Value::as_object) {
+        for (name, messages) in errors {
+            let messages = match messages {
+                Value::Array(items) => items
+                    .iter()
+                    .map(|m| {
+                        m.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| m.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                other => other.to_string(),
+            };
+            out += &format!("\n  {name}: {messages}");
+        }
+    }
+    if let Some(trace) = field("traceId") {
+        out += &format!("\n  traceId: {trace}");
+    }
+    if out.is_empty() {
+        out = format!(": {problem}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env() -> HashMap<String, String> {
+        [
+            ("DOJO_API_KEY", "sk_sandbox_abcdefghijkl"),
+            ("DOJO_SOFTWARE_HOUSE_ID", "shid"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    #[test]
+    fn dry_run_shows_the_request_with_secrets_masked() {
+        let target = Target::Rest {
+            url: "https://pos.example/dojo".into(),
+            username: "u".into(),
+            password: Secret::new("pw-secret"),
+        };
+        let text = Registration::from_source(&env(), target)
+            .unwrap()
+            .describe();
+        assert!(
+            text.starts_with("PUT https://api.dojo.tech/epos/integrations/rest\n"),
+            "{text}"
+        );
+        assert!(text.contains("HandleEvent:payment_intent.status_updated"));
+        assert!(
+            !text.contains("pw-secret") && !text.contains("abcdefghijkl"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_key_or_software_house_is_a_clear_error() {
+        let err =
+            Registration::from_source(&HashMap::<String, String>::new(), Target::Ws).unwrap_err();
+        assert!(err.to_string().contains("DOJO_API_KEY"));
+    }
+
+    #[test]
+    fn problem_details_are_readable() {
+        let text = describe_problem(
+            r#"{"type":"x","title":"One or more validation errors occurred.","status":400,"errors":{"url":["must be https"]},"traceId":"00-abc"}"#,
+        );
+        assert_eq!(
+            text,
+            ": One or more validation errors occurred.\n  url: must be https\n  traceId: 00-abc"
+        );
+        assert_eq!(describe_problem("oops"), ": oops");
+    }
+}

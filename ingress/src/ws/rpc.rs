@@ -1,0 +1,148 @@
+//! JSON-RPC over the Dojo socket: `HandleEventV1` is validated and published through the
+//! same confirmed path as HTTP, and answered `result: {}` only after the broker's ack.
+//! Errors are EPOSError objects (not JSON-RPC's `{code, message}`), and every reply
+//! echoes `id` and `method`, as Dojo's spec requires.
+
+use crate::accept::{accept, AcceptError, Trace};
+use crate::broker::Publisher;
+use common::{Channel, EposError, ErrorType, RequestorHeaders};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+pub const HANDLE_EVENT: &str = "HandleEventV1";
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    id: Option<Value>,
+    method: Option<String>,
+    #[serde(borrow)]
+    params: Option<&'a RawValue>,
+}
+
+fn reply(id: &Value, method: &str, outcome: Result<(), EposError>) -> String {
+    match outcome {
+        Ok(()) => json!({"jsonrpc": "2.0", "id": id, "method": method, "result": {}}),
+        Err(error) => json!({"jsonrpc": "2.0", "id": id, "method": method, "error": error}),
+    }
+    .to_string()
+}
+
+/// A header value as a string, whether Dojo sent it as a string or a number.
+fn text(headers: &Value, name: &str) -> Option<String> {
+    match headers.get(name)? {
+        Value::String(s) => Some(s.chars().take(256).collect()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Splits `params` into the event (everything but `headers`) and the requestor headers.
+fn split_params(params: &RawValue) -> Result<(Vec<u8>, RequestorHeaders), String> {
+    let mut value: Value = serde_json::from_str(params.get())
+        .map_err(|e| format!("params are not valid JSON: {e}"))?;
+    let object = value
+        .as_object_mut()
+        .ok_or("params must be an object (the event)")?;
+    let headers = object.remove("headers").unwrap_or(Value::Null);
+    let requestor = RequestorHeaders {
+        waiter_id: text(&headers, "waiterId"),
+        dojo_requesting_product: text(&headers, "dojoRequestingProduct"),
+        device_id: text(&headers, "deviceId"),
+        device_type: text(&headers, "deviceType"),
+    };
+    Ok((
+        serde_json::to_vec(&value).expect("a JSON value serialises"),
+        requestor,
+    ))
+}
+
+/// Handles one text frame. `None`: nothing to answer (not JSON, or a notification
+/// without an `id`); those are logged, and the socket carries on.
+pub async fn handle(publisher: &Publisher, frame: &str) -> Option<String> {
+    let trace = Trace::continue_or_start(None);
+    let parsed: Frame = match serde_json::from_str(frame) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(trace_id = %trace.trace_id, error = %e, frame = %frame.chars().take(200).collect::<String>(), "malformed WebSocket frame ignored");
+            return None;
+        }
+    };
+    let Some(id) = parsed.id else {
+        tracing::warn!(trace_id = %trace.trace_id, method = ?parsed.method, "WebSocket frame without id ignored");
+        return None;
+    };
+    let fail = |kind: ErrorType, message: String| {
+        tracing::warn!(trace_id = %trace.trace_id, id = %id, error = %message, "WebSocket request rejected");
+        Err(EposError::new(kind, message, &trace.trace_id))
+    };
+    let method = parsed.method.unwrap_or_default();
+    let outcome = if method != HANDLE_EVENT {
+        fail(
+            ErrorType::NotFound,
+            format!("method {method:?} is not implemented by this POS"),
+        )
+    } else {
+        match parsed.params.map(split_params) {
+            None => fail(ErrorType::InvalidRequest, "missing params".into()),
+            Some(Err(message)) => fail(ErrorType::InvalidRequest, message),
+            Some(Ok((event, headers))) => {
+                match accept(publisher, Channel::Ws, headers, &event, &trace).await {
+                    Ok(_) => Ok(()),
+                    Err(AcceptError::Invalid(e)) => fail(ErrorType::InvalidRequest, e.0),
+                    Err(AcceptError::NotQueued(e)) => {
+                        tracing::error!(trace_id = %trace.trace_id, error = %e, "WebSocket event not queued");
+                        Err(EposError::new(
+                            ErrorType::UnexpectedError,
+                            "the event could not be stored; retry later",
+                            &trace.trace_id,
+                        ))
+                    }
+                }
+            }
+        }
+    };
+    Some(reply(&id, &method, outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_split_from_the_event() {
+        let params = RawValue::from_string(
+            r#"{"id":"e","headers":{"waiterId":42,"deviceType":"Dojo Terminal"},"accountId":"a"}"#
+                .into(),
+        )
+        .unwrap();
+        let (event, headers) = split_params(&params).unwrap();
+        let event: Value = serde_json::from_slice(&event).unwrap();
+        assert_eq!(event, json!({"id": "e", "accountId": "a"}));
+        assert_eq!(headers.waiter_id.as_deref(), Some("42"));
+        assert_eq!(headers.device_type.as_deref(), Some("Dojo Terminal"));
+        assert_eq!(headers.device_id, None);
+    }
+
+    #[test]
+    fn params_must_be_an_object() {
+        let params = RawValue::from_string("[1,2]".into()).unwrap();
+        assert!(split_params(&params).unwrap_err().contains("object"));
+    }
+
+    #[test]
+    fn replies_echo_id_and_method() {
+        let ok: Value =
+            serde_json::from_str(&reply(&json!("c0ffee-1"), HANDLE_EVENT, Ok(()))).unwrap();
+        assert_eq!(
+            ok,
+            json!({"jsonrpc":"2.0","id":"c0ffee-1","method":"HandleEventV1","result":{}})
+        );
+        let err = EposError::new(ErrorType::NotFound, "nope", "t");
+        let err: Value =
+            serde_json::from_str(&reply(&json!(7), "SearchOrdersV1", Err(err))).unwrap();
+        assert_eq!(err["error"]["errorType"], "NotFound");
+        assert_eq!(err["method"], "SearchOrdersV1");
+        assert_eq!(err["id"], 7);
+    }
+}

@@ -1,0 +1,148 @@
+//! `ingress register` against a local fake of Dojo's registration endpoint.
+
+use simulator::fake_api::FakeDojoApi;
+use std::process::{Command, Output};
+
+async fn ingress(api_url: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ingress"));
+    cmd.args(args)
+        .env("DOJO_API_URL", api_url)
+        .env("DOJO_API_KEY", "sk_sandbox_0123456789abcdef")
+        .env("DOJO_SOFTWARE_HOUSE_ID", "softhouse-1")
+        .env("DOJO_RESELLER_ID", "reseller-9")
+        .env_remove("DOJO_REST_USERNAME")
+        .env_remove("DOJO_REST_PASSWORD");
+    tokio::task::spawn_blocking(move || cmd.output().expect("ingress runs"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_ws_sends_both_capabilities_with_dojo_headers() {
+    let api = FakeDojoApi::start("127.0.0.1:0").unwrap();
+    let out = ingress(&api.url, &["register", "ws"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("registered with Dojo"));
+
+    let requests = api.requests();
+    assert_eq!(requests.len(), 1);
+    let r = &requests[0];
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("PUT", "/epos/integrations/ws")
+    );
+    assert_eq!(
+        r.headers["authorization"],
+        "Basic sk_sandbox_0123456789abcdef"
+    );
+    assert_eq!(r.headers["software-house-id"], "softhouse-1");
+    assert_eq!(r.headers["reseller-id"], "reseller-9");
+    assert!(r.headers.contains_key("version"));
+    assert_eq!(
+        r.body,
+        serde_json::json!({"capabilities": [
+            {"name": "HandleEvent:payment_intent.created", "version": "v1"},
+            {"name": "HandleEvent:payment_intent.status_updated", "version": "v1"}
+        ]})
+    );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_rest_sends_the_url_and_basic_credentials() {
+    let api = FakeDojoApi::start("127.0.0.1:0").unwrap();
+    let out = ingress(
+        &api.url,
+        &[
+            "register",
+            "rest",
+            "--url",
+            "https://pos.example/dojo",
+            "--username",
+            "dojo",
+            "--password",
+            "pw",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = &api.requests()[0];
+    assert_eq!(r.path, "/epos/integrations/rest");
+    assert_eq!(r.body["url"], "https://pos.example/dojo");
+    assert_eq!(
+        r.body["auth"],
+        serde_json::json!({"authType": "basic", "basic": {"username": "dojo", "password": "pw"}})
+    );
+    assert_eq!(r.body["capabilities"].as_array().unwrap().len(), 2);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dojo_refusing_shows_its_problem_details_and_fails() {
+    let api = FakeDojoApi::start("127.0.0.1:0").unwrap();
+    api.answer_with(
+        400,
+        serde_json::json!({"type": "https://tools.ietf.org/html/rfc7231#section-6.5.1", "title": "One or more validation errors occurred.", "status": 400, "errors": {"Capabilities[0].Version": ["The version v9 is not supported."]}, "traceId": "00-feed"}),
+    );
+    let out = ingress(&api.url, &["register", "ws"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Dojo refused the registration (400 Bad Request)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("One or more validation errors occurred."),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Capabilities[0].Version: The version v9 is not supported."),
+        "{stderr}"
+    );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_prints_the_request_and_sends_nothing() {
+    let api = FakeDojoApi::start("127.0.0.1:0").unwrap();
+    let out = ingress(
+        &api.url,
+        &[
+            "register",
+            "rest",
+            "--url",
+            "https://pos.example",
+            "--username",
+            "u",
+            "--password",
+            "hunter2",
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("PUT {}/epos/integrations/rest", api.url)),
+        "{stdout}"
+    );
+    assert!(stdout.contains("software-house-id: softhouse-1"));
+    assert!(
+        !stdout.contains("hunter2") && !stdout.contains("0123456789abcdef"),
+        "{stdout}"
+    );
+    assert!(api.requests().is_empty());
+
+    let unreachable = ingress("http://127.0.0.1:1", &["register", "ws"]).await;
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach Dojo"));
+    api.stop().await;
+}
