@@ -118,6 +118,34 @@ impl TestDatabase {
     pub async fn pool(&self) -> anyhow::Result<PgPool> {
         Ok(PgPool::connect(&self.url()).await?)
     }
+
+    /// This database goes away for everyone: new connections are refused and existing
+    /// ones terminated, until [`TestDatabase::restore`].
+    pub async fn outage(&self) -> anyhow::Result<()> {
+        let mut admin = PgConnection::connect(PG_ADMIN_URL).await?;
+        sqlx::query(&format!(
+            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await?;
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(&self.name)
+            .execute(&mut admin)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn restore(&self) -> anyhow::Result<()> {
+        let mut admin = PgConnection::connect(PG_ADMIN_URL).await?;
+        sqlx::query(&format!(
+            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await?;
+        Ok(())
+    }
 }
 
 impl Drop for TestDatabase {
@@ -129,6 +157,63 @@ impl Drop for TestDatabase {
                 self.name
             ))
             .output();
+    }
+}
+
+/// A private `redis-server` on a spare port, to be killed at will; killed on drop.
+pub struct TestRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl TestRedis {
+    pub fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("redis-server not found")?;
+        let redis = Self {
+            port,
+            child: Some(child),
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(redis);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        bail!("redis-server on port {port} did not start")
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: gone at once, with everything it held.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

@@ -14,6 +14,8 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("body is larger than {0} bytes")]
     TooLarge(usize),
+    #[error("body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("content type {0:?} is not JSON")]
     UnsupportedMediaType(String),
     #[error("{0}")]
@@ -31,6 +33,7 @@ impl ApiError {
             Self::NotConfigured => StatusCode::NOT_FOUND,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -83,8 +83,12 @@ impl Application {
         // then the broker connection.
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-        // A client that does not send its headers in time is cut off.
+        // A client that does not send its headers in time is cut off (408); the body
+        // has its own deadline (routes::BODY_DEADLINE), below the keep-alive timeout so
+        // that a stalled upload gets its 408 before the connection is reaped.
         .client_request_timeout(Duration::from_secs(5))
+        .keep_alive(Duration::from_secs(15))
+        .client_disconnect_timeout(Duration::from_secs(2))
         .listen(listener)?;
         if let Some(n) = workers {
             server = server.workers(n);

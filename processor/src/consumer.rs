@@ -5,16 +5,14 @@
 //! deliveries are simply abandoned (RabbitMQ requeues them) and the new connection
 //! starts afresh; nothing is ever acked across channels.
 
-use crate::handle::{handle, Verdict};
 use crate::Worker;
 use common::topology;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
 use rand::Rng;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -60,6 +58,7 @@ async fn connect(worker: &Worker) -> lapin::Result<(Connection, Channel)> {
     let connection = Connection::connect(&worker.settings.amqp_url, props).await?;
     let channel = connection.create_channel().await?;
     topology::declare(&channel).await?;
+    worker.settings.retry.declare(&channel).await?;
     // Prefetch bounds the unacked deliveries in flight to this process.
     channel
         .basic_qos(worker.settings.prefetch, BasicQosOptions::default())
@@ -104,7 +103,7 @@ async fn consume(worker: &Arc<Worker>, channel: &Channel, stop: &mut watch::Rece
                     let Ok(slot) = slots.clone().acquire_owned().await else { break };
                     let (worker, channel, stop) = (worker.clone(), channel.clone(), stop.clone());
                     tasks.spawn(async move {
-                        settle(&worker, &channel, delivery, stop).await;
+                        crate::settle::settle(&worker, &channel, delivery, stop).await;
                         drop(slot);
                     });
                 }
@@ -118,101 +117,4 @@ async fn consume(worker: &Arc<Worker>, channel: &Channel, stop: &mut watch::Rece
         }
     }
     while tasks.join_next().await.is_some() {}
-}
-
-/// Handles one delivery and settles it with the broker: ack, requeue, or dead-letter.
-async fn settle(
-    worker: &Worker,
-    channel: &Channel,
-    delivery: lapin::message::Delivery,
-    stop: watch::Receiver<bool>,
-) {
-    let verdict = handle(
-        worker,
-        &delivery.data,
-        delivery.properties.headers().as_ref(),
-        stop,
-    )
-    .await;
-    let acked = matches!(verdict, Verdict::Ack | Verdict::Dead(_));
-    let settled = match verdict {
-        Verdict::Ack => delivery.ack(BasicAckOptions::default()).await,
-        Verdict::Requeue => {
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
-        Verdict::Dead(reason) => match dead_letter(channel, &delivery, &reason).await {
-            Ok(()) => delivery.ack(BasicAckOptions::default()).await,
-            Err(e) => {
-                tracing::error!(error = %e, reason, "cannot dead-letter; requeueing");
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await
-            }
-        },
-    };
-    match settled {
-        Ok(_) if acked => {
-            worker.settled.fetch_add(1, Ordering::SeqCst);
-        }
-        Ok(_) => {}
-        // The channel is gone: RabbitMQ redelivers the message; dedupe makes that harmless.
-        Err(e) => tracing::warn!(error = %e, "could not settle a delivery; it will be redelivered"),
-    }
-}
-
-/// Publishes a copy to the dead-letter queue with the reason, keeping the original
-/// properties and headers, and waits for the confirm.
-async fn dead_letter(
-    channel: &Channel,
-    delivery: &lapin::message::Delivery,
-    reason: &str,
-) -> Result<(), String> {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(
-        topology::DEAD_REASON_HEADER.into(),
-        AMQPValue::LongString(reason.into()),
-    );
-    headers.insert(
-        topology::DEAD_AT_HEADER.into(),
-        AMQPValue::LongString(chrono::Utc::now().to_rfc3339().into()),
-    );
-    headers.insert(
-        "x-original-routing-key".into(),
-        AMQPValue::LongString(delivery.routing_key.as_str().into()),
-    );
-    let properties: BasicProperties = delivery
-        .properties
-        .clone()
-        .with_headers(headers)
-        .with_delivery_mode(2);
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            topology::DEAD_QUEUE.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &delivery.data,
-            properties,
-        )
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    match confirm {
-        Confirmation::Ack(None) => {
-            tracing::warn!(reason, "message dead-lettered");
-            Ok(())
-        }
-        other => Err(format!("dead-letter publish not confirmed: {other:?}")),
-    }
 }

@@ -64,9 +64,10 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
             // 08: connection, 40: transaction rollback (serialization, deadlock),
-            // 53: insufficient resources, 57: operator intervention (shutdown, cancel),
-            // 58: system error, XX: internal error.
-            ["08", "40", "53", "57", "58", "XX"]
+            // 53: insufficient resources, 55: object not in prerequisite state (a
+            // database not accepting connections), 57: operator intervention (shutdown,
+            // terminated backend), 58: system error, XX: internal error.
+            ["08", "40", "53", "55", "57", "58", "XX"]
                 .iter()
                 .any(|class| code.starts_with(class))
         }

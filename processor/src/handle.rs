@@ -17,6 +17,8 @@ pub enum Verdict {
     Ack,
     /// Not done, and we are stopping: give it back for another consumer.
     Requeue,
+    /// Failed for a passing reason: try again later (through a delay queue).
+    Retry(String),
     /// Can never be processed: park it in the dead-letter queue with this reason.
     Dead(String),
 }
@@ -64,27 +66,33 @@ pub async fn handle(
         received_at: envelope.received_at,
         payload,
     };
-    let mut backoff = Duration::from_millis(100);
-    let mut attempt = 0u32;
+    // A blip (a deadlock, a dropped connection) is retried at once, twice; anything
+    // longer goes through the delay queues so this consumer keeps its slots.
+    let mut quick = [Duration::from_millis(50), Duration::from_millis(250)].into_iter();
     loop {
-        attempt += 1;
         match apply(&worker.pool, &incoming).await {
             Ok(outcome) => {
                 worker.dedupe.done(account, id).await;
                 log_outcome(&trace_id, &event, outcome);
                 return Verdict::Ack;
             }
-            Err(e) if crate::db::is_transient(&e) => {
-                tracing::warn!(trace_id, event_id = id, attempt, error = %e, retry_in_ms = backoff.as_millis() as u64, "database unavailable; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => {
-                        worker.dedupe.release(account, id).await;
-                        return Verdict::Requeue;
+            Err(e) if crate::db::is_transient(&e) => match quick.next() {
+                Some(pause) => {
+                    tracing::debug!(trace_id, event_id = id, error = %e, "transient failure; retrying at once");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stop.changed() => {
+                            worker.dedupe.release(account, id).await;
+                            return Verdict::Requeue;
+                        }
                     }
                 }
-                backoff = (backoff * 2).min(worker.settings.retry_max);
-            }
+                None => {
+                    worker.dedupe.release(account, id).await;
+                    tracing::warn!(trace_id, event_id = id, error = %e, "database unavailable; retrying later");
+                    return Verdict::Retry(e.to_string());
+                }
+            },
             Err(e) => {
                 worker.dedupe.release(account, id).await;
                 tracing::error!(trace_id, event_id = id, error = %e, "event cannot be stored");

@@ -2,7 +2,8 @@
 //! payment records in PostgreSQL.
 //!
 //! - [`consumer`]: the RabbitMQ side (connection, prefetch, acks, dead letters);
-//! - [`handle`]: one message: parse, dedupe, apply, retry;
+//! - [`handle`]: one message: parse, dedupe, apply; [`settle`]: ack, retry later
+//!   ([`retry`]: the delay queues) or dead-letter;
 //! - [`dedupe`]: the Redis fast path; [`apply`]: the database transaction (the truth);
 //! - [`rule`]: the payment state rule, as pure functions;
 //! - [`api`]: health, readiness and the read API; [`db`]: pool and migrations.
@@ -12,9 +13,12 @@ pub mod apply;
 pub mod consumer;
 pub mod db;
 pub mod dedupe;
+pub mod dlq;
 pub mod handle;
+pub mod retry;
 pub mod rule;
 pub mod settings;
+pub mod settle;
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;

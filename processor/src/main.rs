@@ -1,28 +1,120 @@
-//! The `processor` binary: configuration, logging, run until SIGTERM/SIGINT.
+//! The `processor` binary: consumes and applies events (default), or inspects and
+//! replays dead letters (`processor dlq list|replay`).
 
+use clap::{Parser, Subcommand};
+use processor::dlq::{self, Selection};
 use processor::settings::Settings;
 use processor::Application;
 
+#[derive(Parser)]
+#[command(
+    name = "processor",
+    about = "Applies queued Dojo Events to the POS payment records"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect or replay the dead-letter queue (dojo.events.dead).
+    Dlq {
+        #[command(subcommand)]
+        action: Dlq,
+    },
+}
+
+#[derive(Subcommand)]
+enum Dlq {
+    /// Count the dead letters and show each: event id, reason, attempts, first failure.
+    List {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters back to the work queue (each dead copy once).
+    Replay {
+        /// Every dead letter.
+        #[arg(
+            long,
+            conflicts_with = "event_id",
+            required_unless_present = "event_id"
+        )]
+        all: bool,
+        /// Only the dead letters of this event id.
+        #[arg(long)]
+        event_id: Option<String>,
+    },
+}
+
+fn fail(code: i32, message: impl std::fmt::Display) -> ! {
+    eprintln!("processor: {message}");
+    std::process::exit(code);
+}
+
 #[tokio::main]
 async fn main() {
+    match Cli::parse().command {
+        None => serve().await,
+        Some(Command::Dlq { action }) => dead_letters(action).await,
+    }
+}
+
+async fn dead_letters(action: Dlq) {
+    let amqp_url = Settings::from_env().unwrap_or_else(|e| fail(2, e)).amqp_url;
+    match action {
+        Dlq::List { json } => {
+            let letters = dlq::list(&amqp_url)
+                .await
+                .unwrap_or_else(|e| fail(1, format!("{e:#}")));
+            if json {
+                let doc = serde_json::json!({"count": letters.len(), "messages": letters});
+                println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
+                return;
+            }
+            println!(
+                "{} dead letter(s) in {}",
+                letters.len(),
+                common::topology::DEAD_QUEUE
+            );
+            if !letters.is_empty() {
+                println!(
+                    "{:<36} {:>8}  {:<32} REASON",
+                    "EVENT ID", "ATTEMPTS", "FIRST FAILURE"
+                );
+            }
+            for l in letters {
+                println!(
+                    "{:<36} {:>8}  {:<32} {}",
+                    l.event_id.as_deref().unwrap_or("-"),
+                    l.attempts,
+                    l.first_failure.as_deref().unwrap_or("-"),
+                    l.reason
+                );
+            }
+        }
+        Dlq::Replay { event_id, .. } => {
+            let selection = event_id.map(Selection::EventId).unwrap_or(Selection::All);
+            let n = dlq::replay(&amqp_url, &selection)
+                .await
+                .unwrap_or_else(|e| fail(1, format!("{e:#}")));
+            println!(
+                "replayed {n} dead letter(s) to {}",
+                common::topology::EXCHANGE
+            );
+        }
+    }
+}
+
+async fn serve() {
     common::telemetry::init_logging();
-    let settings = match Settings::from_env() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("processor: {e}");
-            std::process::exit(2);
-        }
-    };
-    let app = match Application::build(settings).await {
-        Ok(app) => app,
-        Err(e) => {
-            eprintln!("processor: {e:#}");
-            std::process::exit(1);
-        }
-    };
+    let settings = Settings::from_env().unwrap_or_else(|e| fail(2, e));
+    let app = Application::build(settings)
+        .await
+        .unwrap_or_else(|e| fail(1, format!("{e:#}")));
     tracing::info!(addr = %app.local_addr(), "processor listening");
     if let Err(e) = app.run_until_stopped(common::shutdown_signal()).await {
-        eprintln!("processor: {e:#}");
-        std::process::exit(1);
+        fail(1, format!("{e:#}"));
     }
 }

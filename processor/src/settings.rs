@@ -28,8 +28,9 @@ pub struct Settings {
     pub claim_lease: Duration,
     /// `PROCESSOR_DONE_TTL_SECS`: how long the Redis `done` marker short-cuts duplicates.
     pub done_ttl: Duration,
-    /// `PROCESSOR_RETRY_MAX_MS`: cap of the backoff between attempts on a transient failure.
-    pub retry_max: Duration,
+    /// `PROCESSOR_RETRY_DELAYS` (default `1s,5s,30s,2m,10m`) and `PROCESSOR_RETRY_ATTEMPTS`
+    /// (default 30): when transient failures are tried again.
+    pub retry: crate::retry::Schedule,
 }
 
 impl Settings {
@@ -61,7 +62,10 @@ impl Settings {
             db_pool: parsed(src, "PROCESSOR_DB_POOL", 16u32)?,
             claim_lease: Duration::from_millis(parsed(src, "PROCESSOR_CLAIM_LEASE_MS", 30_000)?),
             done_ttl: Duration::from_secs(parsed(src, "PROCESSOR_DONE_TTL_SECS", 7 * 24 * 3600)?),
-            retry_max: Duration::from_millis(parsed(src, "PROCESSOR_RETRY_MAX_MS", 30_000)?),
+            retry: crate::retry::Schedule::parse(
+                &or_default(src, "PROCESSOR_RETRY_DELAYS", "1s,5s,30s,2m,10m"),
+                parsed(src, "PROCESSOR_RETRY_ATTEMPTS", 30u32)?,
+            )?,
         })
     }
 }

@@ -55,8 +55,16 @@ where
     }
 }
 
+/// `TEST_LOG=1` shows the services' logs (JSON lines) on the test's output.
+fn logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        common::telemetry::init_logging();
+    }
+}
+
 /// Ingress on the test's vhost, both event routes configured; `extra` overrides.
 pub fn ingress(services: &Services, extra: &[(&str, &str)]) -> Running {
+    logs();
     let amqp = services.vhost.amqp_url();
     let mut env = vars(&[
         ("INGRESS_ADDR", "127.0.0.1:0"),
@@ -96,6 +104,7 @@ pub struct RunningProcessor {
 
 /// Processor on the test's vhost, database and Redis prefix; `extra` overrides.
 pub async fn processor(services: &Services, extra: &[(&str, &str)]) -> RunningProcessor {
+    logs();
     let (amqp, db) = (services.vhost.amqp_url(), services.db.url());
     let mut env = vars(&[
         ("PROCESSOR_ADDR", "127.0.0.1:0"),

@@ -14,6 +14,8 @@ use futures::StreamExt;
 
 /// Largest accepted body (CONTRACT.md): 64 KiB.
 pub const MAX_BODY: usize = 64 * 1024;
+/// Longest a client may take to send its body: a stalled upload cannot hold a slot.
+pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The trace for this request, from its `traceparent` header if valid.
 pub fn trace_of(req: &HttpRequest) -> Trace {
@@ -62,16 +64,21 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > MAX_BODY) {
         return Err(ApiError::TooLarge(MAX_BODY));
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::Invalid(format!("could not read the body: {e}")))?;
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(ApiError::TooLarge(MAX_BODY));
+    let read = async {
+        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024));
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::Invalid(format!("could not read the body: {e}")))?;
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(ApiError::TooLarge(MAX_BODY));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(BODY_DEADLINE, read)
+        .await
+        .unwrap_or(Err(ApiError::BodyTimeout(BODY_DEADLINE)))
 }
 
 /// Validates, publishes, and answers `200 {}` once the broker confirmed.
