@@ -26,10 +26,14 @@ async fn sigterm_under_load_exits_0_and_every_200_is_durable() {
         .env("INGRESS_ADDR", format!("127.0.0.1:{port}"))
         .env("AMQP_URL", vhost.amqp_url())
         .env("DOJO_WEBHOOK_SECRETS", secret)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .env("DOJO_REST_USERNAME", "dojo")
+        .env("DOJO_REST_PASSWORD", "pa55word-never-logged")
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let log = ingress.stdout.take().unwrap();
+    let log = std::thread::spawn(move || std::io::read_to_string(log).unwrap());
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     wait_until("ready", Duration::from_secs(30), || async {
@@ -38,6 +42,18 @@ async fn sigterm_under_load_exits_0_and_every_200_is_durable() {
     })
     .await;
 
+    // Wrong credentials and a bad signature: rejected, and the secrets stay out of the log.
+    let wrong = http
+        .post(format!("{url}/v1/events"))
+        .header(
+            "authorization",
+            "Basic dojo:pa55word-never-logged-but-wrong",
+        )
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
     let dojo = Dojo::new(&url, secret, "", "");
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -116,6 +132,12 @@ async fn sigterm_under_load_exits_0_and_every_200_is_durable() {
         lost.len(),
         &lost[..lost.len().min(5)]
     );
+    let log = log.join().unwrap();
+    assert!(log.contains("\"level\":\"DEBUG\""), "debug logs were on");
+    assert!(log.contains("request rejected"), "the 401 was logged");
+    for secret in [secret, "pa55word-never-logged", "guest:guest"] {
+        assert!(!log.contains(secret), "a secret reached the log: {secret}");
+    }
     println!(
         "sigterm: {} answered 200, {} queued, 0 lost, exit 0",
         acked.len(),
