@@ -398,3 +398,38 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_work_goes_on() 
     ingress.stop().await;
     processor.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_database_does_not_trust_redis_markers_written_for_another() {
+    let services = Services::new().await.unwrap();
+    let ingress = ingress(&services, &[]);
+    ready(&ingress.url).await;
+    let e = Event::new(
+        "evt_marker",
+        "payment_intent.created",
+        "pi_marker",
+        "Created",
+        Utc::now(),
+    );
+
+    let first = processor(&services, &[]).await;
+    assert_eq!(
+        dojo(&ingress).webhook(&e.body()).await.unwrap().status(),
+        200
+    );
+    first.settled(1).await;
+    first.running.stop().await;
+
+    // Same Redis prefix, a brand-new database: the event must land there too.
+    let other = e2e::isolation::TestDatabase::new().await.unwrap();
+    let second = processor(&services, &[("DATABASE_URL", &other.url())]).await;
+    assert_eq!(
+        dojo(&ingress).webhook(&e.body()).await.unwrap().status(),
+        200
+    );
+    second.settled(1).await;
+    let pool = other.pool().await.unwrap();
+    assert_eq!(intent(&pool, "pi_marker").await.unwrap().status, "Created");
+    second.running.stop().await;
+    ingress.stop().await;
+}

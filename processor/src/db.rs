@@ -81,6 +81,13 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// This database's random identity (see migration 0002), as text.
+pub async fn identity(pool: &PgPool) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT database_id::text FROM database_identity")
+        .fetch_one(pool)
+        .await
+}
+
 /// True if the database answers a trivial query within a second.
 pub async fn ping(pool: &PgPool) -> bool {
     matches!(

@@ -58,7 +58,9 @@ impl Dedupe {
         }
     }
 
-    /// `{prefix}evt:{len(account)}:{account}:{event}`: the length keeps `a:b`+`c` and `a`+`b:c` apart.
+    /// `{prefix}evt:{len(account)}:{account}:{event}`: the length keeps `a:b`+`c` and
+    /// `a`+`b:c` apart. The prefix given to [`Dedupe::new`] ends with the database's
+    /// identity (the processor adds it), so markers never outlive their database.
     pub fn key(&self, account_id: &str, event_id: &str) -> String {
         format!(
             "{}evt:{}:{}:{}",

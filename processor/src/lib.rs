@@ -53,9 +53,13 @@ impl Application {
     /// the HTTP listener. Consuming starts in [`Application::run_until_stopped`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = db::connect_and_migrate(&settings.database_url, settings.db_pool).await?;
+        // Markers are only valid for the database they describe.
+        let database_id = db::identity(&pool)
+            .await
+            .context("cannot read the database identity")?;
         let dedupe = Dedupe::new(
             &settings.redis_url,
-            &settings.redis_prefix,
+            &format!("{}{database_id}:", settings.redis_prefix),
             settings.claim_lease,
             settings.done_ttl,
         );
