@@ -19,6 +19,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Exit 0 if the running ingress answers /healthz (or /readyz) with 200; for
+    /// container health checks.
+    Healthcheck {
+        #[arg(long)]
+        ready: bool,
+    },
     /// Register this POS's HandleEvent capabilities with Dojo.
     Register {
         #[command(subcommand)]
@@ -58,6 +64,10 @@ async fn main() {
     match Cli::parse().command {
         None => serve().await,
         Some(Command::Register { channel }) => register(channel).await,
+        Some(Command::Healthcheck { ready }) => {
+            let addr = Settings::from_env().unwrap_or_else(|e| fail(2, e)).addr;
+            common::health::run("ingress", &addr, ready)
+        }
     }
 }
 

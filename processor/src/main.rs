@@ -18,6 +18,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Exit 0 if the running processor answers /healthz (or /readyz) with 200; for
+    /// container health checks.
+    Healthcheck {
+        #[arg(long)]
+        ready: bool,
+    },
     /// Inspect or replay the dead-letter queue (dojo.events.dead).
     Dlq {
         #[command(subcommand)]
@@ -58,6 +64,10 @@ async fn main() {
     match Cli::parse().command {
         None => serve().await,
         Some(Command::Dlq { action }) => dead_letters(action).await,
+        Some(Command::Healthcheck { ready }) => {
+            let addr = Settings::from_env().unwrap_or_else(|e| fail(2, e)).addr;
+            common::health::run("processor", &addr, ready)
+        }
     }
 }
 
