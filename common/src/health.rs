@@ -31,7 +31,8 @@ pub fn check(listen_addr: &str, path: &str) -> Result<(), String> {
     stream
         .set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut head = [0u8; 32];
     let n = stream.read(&mut head).map_err(|e| e.to_string())?;
     let status = String::from_utf8_lossy(&head[..n]);
@@ -80,8 +81,13 @@ mod tests {
                 "HTTP/1.1 503 Service Unavailable\r\n\r\n",
             ] {
                 let (mut s, _) = listener.accept().unwrap();
+                let mut request = Vec::new();
                 let mut buf = [0u8; 256];
-                let _ = s.read(&mut buf);
+                while !request.ends_with(b"\r\n\r\n") {
+                    let n = s.read(&mut buf).unwrap();
+                    assert!(n > 0, "request cut short");
+                    request.extend_from_slice(&buf[..n]);
+                }
                 s.write_all(answer.as_bytes()).unwrap();
             }
         });

@@ -55,6 +55,19 @@ impl ApiError {
         }
     }
 
+    /// The `answer` label of the metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NotConfigured => "not_configured",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::TooLarge(_) => "too_large",
+            Self::BodyTimeout(_) => "timeout",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::Invalid(_) => "invalid",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+
     /// Logs the error with its trace id and builds the answer.
     pub fn respond(&self, trace_id: &str) -> HttpResponse {
         let status = self.status();

@@ -12,6 +12,7 @@ pub mod accept;
 pub mod auth;
 pub mod broker;
 pub mod error;
+pub mod metrics;
 pub mod register;
 pub mod routes;
 pub mod settings;
@@ -32,6 +33,7 @@ use ws::WsClient;
 pub struct State {
     pub settings: Settings,
     pub publisher: Publisher,
+    pub intake: accept::Intake,
     /// Whether the WebSocket to Dojo is open; `None` when that channel is not configured.
     pub ws_connected: Option<Arc<AtomicBool>>,
 }
@@ -61,13 +63,18 @@ impl Application {
             reconnect_max: settings.reconnect_max,
         });
         let workers = settings.workers;
+        let intake = accept::Intake {
+            publisher: publisher.clone(),
+            metrics: Arc::new(metrics::Metrics::default()),
+        };
         let ws = settings
             .ws
             .clone()
-            .map(|ws| WsClient::start(ws, publisher.clone()));
+            .map(|ws| WsClient::start(ws, intake.clone()));
         let state = web::Data::new(State {
             settings,
             publisher: publisher.clone(),
+            intake,
             ws_connected: ws.as_ref().map(WsClient::connected_flag),
         });
         let mut server = HttpServer::new(move || {
@@ -77,6 +84,7 @@ impl Application {
                 .route("/v1/webhooks/dojo", web::post().to(routes::webhook::handle))
                 .route("/healthz", web::get().to(routes::health::healthz))
                 .route("/readyz", web::get().to(routes::health::readyz))
+                .route("/metrics", web::get().to(routes::health::metrics))
                 .default_service(web::to(routes::not_found))
         })
         // Signals are handled by the caller, which then drains in order: HTTP first,

@@ -105,11 +105,14 @@ async fn register(channel: Channel) {
 }
 
 async fn serve() {
-    common::telemetry::init_logging();
+    let telemetry = common::telemetry::init("ingress").unwrap_or_else(|e| fail(2, e));
     let settings = Settings::from_env().unwrap_or_else(|e| fail(2, e));
     let app = Application::build(settings).unwrap_or_else(|e| fail(1, format!("{e:#}")));
     tracing::info!(addr = %app.local_addr(), "ingress listening");
-    if let Err(e) = app.run_until_stopped(common::shutdown_signal()).await {
+    let result = app.run_until_stopped(common::shutdown_signal()).await;
+    // Spans still buffered are exported before exit (bounded).
+    telemetry.shutdown();
+    if let Err(e) = result {
         fail(1, format!("{e:#}"));
     }
 }

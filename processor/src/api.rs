@@ -21,11 +21,18 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
         .route("/v1/payment-intents/{id}", web::get().to(payment_intent));
 }
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn metrics(worker: web::Data<Arc<Worker>>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(common::metrics::render(&worker.metrics.registry))
 }
 
 async fn readyz(worker: web::Data<Arc<Worker>>) -> HttpResponse {

@@ -24,13 +24,19 @@ use tokio::task::JoinSet;
 pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     let redacted = common::settings::redact_url(&worker.settings.amqp_url);
     let mut backoff = Duration::from_millis(100);
+    let mut opened = 0u64;
     while !*stop.borrow() {
         match connect(&worker).await {
             Ok((connection, channel)) => {
+                if opened > 0 {
+                    worker.metrics.broker_reconnects.inc();
+                }
+                opened += 1;
                 tracing::info!(broker = %redacted, queue = topology::PROCESSOR_QUEUE, "consuming");
                 backoff = Duration::from_millis(100);
                 consume(&worker, &channel, &mut stop).await;
                 worker.consuming.store(false, Ordering::SeqCst);
+                worker.metrics.consuming.set(0);
                 let _ = channel.close(200, "processor stopping".into()).await;
                 let _ = connection.close(200, "processor stopping".into()).await;
                 if *stop.borrow() {
@@ -89,6 +95,7 @@ async fn consume(worker: &Arc<Worker>, channel: &Channel, stop: &mut watch::Rece
         }
     };
     worker.consuming.store(true, Ordering::SeqCst);
+    worker.metrics.consuming.set(1);
     let slots = Arc::new(Semaphore::new(worker.settings.concurrency));
     let mut tasks = JoinSet::new();
     loop {

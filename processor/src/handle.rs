@@ -4,11 +4,13 @@ use crate::apply::{apply, Incoming};
 use crate::dedupe::Claim;
 use crate::rule::Outcome;
 use crate::Worker;
+use common::telemetry::Ids;
 use common::topology::TRACEPARENT_HEADER;
 use common::{DojoEvent, Envelope};
 use lapin::types::{AMQPValue, FieldTable};
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// How a delivery is to be settled.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,27 +25,44 @@ pub enum Verdict {
     Dead(String),
 }
 
-fn trace_id(headers: Option<&FieldTable>) -> String {
-    let value = headers.and_then(|h| h.inner().get(TRACEPARENT_HEADER).cloned());
-    let text = match value {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        Some(AMQPValue::ShortString(s)) => s.to_string(),
-        _ => String::new(),
-    };
-    common::telemetry::trace_id_from_traceparent(&text).unwrap_or_default()
+/// The W3C `traceparent` ingress put in the AMQP headers, if any.
+pub fn traceparent(headers: Option<&FieldTable>) -> Option<String> {
+    match headers?.inner().get(TRACEPARENT_HEADER)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
 }
 
+/// A client span (Redis or PostgreSQL) under the current span, with its ids recorded.
+macro_rules! client_span {
+    ($name:expr, $system:expr, $operation:expr, $parent:expr) => {{
+        let span = tracing::info_span!(
+            "client",
+            otel.name = $name,
+            otel.kind = "client",
+            db.system.name = $system,
+            db.operation.name = $operation,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        common::telemetry::adopt_child(&span, $parent);
+        span
+    }};
+}
+
+/// Handles one message inside its consume span (`span`, with ids `ids`).
 pub async fn handle(
     worker: &Worker,
     body: &[u8],
-    headers: Option<&FieldTable>,
+    span: &tracing::Span,
+    ids: &Ids,
     mut stop: watch::Receiver<bool>,
 ) -> Verdict {
-    let trace_id = trace_id(headers);
     let envelope = match Envelope::parse(body) {
         Ok(e) => e,
         Err(e) => {
-            tracing::warn!(trace_id, error = %e, "unprocessable message");
+            tracing::warn!(error = %e, "unprocessable message");
             return Verdict::Dead(e.to_string());
         }
     };
@@ -51,13 +70,35 @@ pub async fn handle(
     let event = match DojoEvent::from_json(payload.as_bytes()) {
         Ok(e) => e,
         Err(e) => {
-            tracing::warn!(trace_id, error = %e, "unprocessable event");
+            tracing::warn!(error = %e, "unprocessable event");
             return Verdict::Dead(format!("invalid event: {e}"));
         }
     };
     let (account, id) = (event.account_id.as_str(), event.id.as_str());
-    if worker.dedupe.claim(account, id).await == Claim::Done {
-        tracing::debug!(trace_id, event_id = id, "duplicate (redis)");
+    span.record("dojo.event.id", id);
+    span.record("dojo.event.type", event.event.as_str());
+    span.record("dojo.account.id", account);
+    if let Some(pi) = &event.data.payment_intent_id {
+        span.record("dojo.payment_intent.id", pi.as_str());
+    }
+    let claim = worker
+        .dedupe
+        .claim(account, id)
+        .instrument(client_span!("redis SET NX", "redis", "SET", ids))
+        .await;
+    if claim == Claim::Done {
+        tracing::debug!(event_id = id, "duplicate (redis)");
+        span.record("dojo.outcome", "duplicate");
+        worker
+            .metrics
+            .dedupe_hits
+            .with_label_values(&["redis"])
+            .inc();
+        worker
+            .metrics
+            .processed
+            .with_label_values(&["duplicate"])
+            .inc();
         return Verdict::Ack;
     }
     let incoming = Incoming {
@@ -70,15 +111,27 @@ pub async fn handle(
     // longer goes through the delay queues so this consumer keeps its slots.
     let mut quick = [Duration::from_millis(50), Duration::from_millis(250)].into_iter();
     loop {
-        match apply(&worker.pool, &incoming).await {
+        let applied = apply(&worker.pool, &incoming)
+            .instrument(client_span!(
+                "postgresql apply event",
+                "postgresql",
+                "INSERT",
+                ids
+            ))
+            .await;
+        match applied {
             Ok(outcome) => {
-                worker.dedupe.done(account, id).await;
-                log_outcome(&trace_id, &event, outcome);
+                worker
+                    .dedupe
+                    .done(account, id)
+                    .instrument(client_span!("redis SET done", "redis", "SET", ids))
+                    .await;
+                record_outcome(worker, span, &event, outcome);
                 return Verdict::Ack;
             }
             Err(e) if crate::db::is_transient(&e) => match quick.next() {
                 Some(pause) => {
-                    tracing::debug!(trace_id, event_id = id, error = %e, "transient failure; retrying at once");
+                    tracing::debug!(event_id = id, error = %e, "transient failure; retrying at once");
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
                         _ = stop.changed() => {
@@ -89,22 +142,37 @@ pub async fn handle(
                 }
                 None => {
                     worker.dedupe.release(account, id).await;
-                    tracing::warn!(trace_id, event_id = id, error = %e, "database unavailable; retrying later");
+                    tracing::warn!(event_id = id, error = %e, "database unavailable; retrying later");
                     return Verdict::Retry(e.to_string());
                 }
             },
             Err(e) => {
                 worker.dedupe.release(account, id).await;
-                tracing::error!(trace_id, event_id = id, error = %e, "event cannot be stored");
+                tracing::error!(event_id = id, error = %e, "event cannot be stored");
                 return Verdict::Dead(format!("database rejected the event: {e}"));
             }
         }
     }
 }
 
-fn log_outcome(trace_id: &str, event: &DojoEvent, outcome: Outcome) {
+fn record_outcome(worker: &Worker, span: &tracing::Span, event: &DojoEvent, outcome: Outcome) {
+    span.record("dojo.outcome", outcome.as_str());
+    worker
+        .metrics
+        .processed
+        .with_label_values(&[outcome.as_str()])
+        .inc();
+    if outcome == Outcome::Duplicate {
+        worker
+            .metrics
+            .dedupe_hits
+            .with_label_values(&["database"])
+            .inc();
+    } else {
+        let lag = chrono::Utc::now() - event.created_at.as_utc();
+        worker.metrics.lag.observe(lag.as_seconds_f64().max(0.0));
+    }
     tracing::info!(
-        trace_id,
         event_id = %event.id,
         event_type = %event.event,
         account_id = %event.account_id,

@@ -15,6 +15,7 @@ pub mod db;
 pub mod dedupe;
 pub mod dlq;
 pub mod handle;
+pub mod metrics;
 pub mod retry;
 pub mod rule;
 pub mod settings;
@@ -40,6 +41,7 @@ pub struct Worker {
     pub consuming: AtomicBool,
     /// Deliveries settled with the broker (acked, including duplicates and dead letters).
     pub settled: AtomicU64,
+    pub metrics: metrics::Metrics,
 }
 
 pub struct Application {
@@ -72,6 +74,7 @@ impl Application {
             dedupe,
             consuming: AtomicBool::new(false),
             settled: AtomicU64::new(0),
+            metrics: metrics::Metrics::default(),
         });
         let data = web::Data::new(worker.clone());
         let server =

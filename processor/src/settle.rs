@@ -12,6 +12,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Confirmation};
 use std::sync::atomic::Ordering;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(value.into())
@@ -106,20 +107,69 @@ async fn retry_later(
     Ok(())
 }
 
-/// Handles one delivery and settles it.
+/// Handles one delivery and settles it, all inside the delivery's consume span (a
+/// child of ingress's publish span when the message carries a `traceparent`).
 pub async fn settle(
     worker: &Worker,
     channel: &Channel,
     delivery: Delivery,
     stop: watch::Receiver<bool>,
 ) {
-    let verdict = handle(
-        worker,
-        &delivery.data,
-        delivery.properties.headers().as_ref(),
-        stop,
-    )
-    .await;
+    let span = tracing::info_span!(
+        "consume",
+        otel.name = "process dojo.events.processor",
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = topology::PROCESSOR_QUEUE,
+        messaging.message.id = delivery.properties.message_id().as_ref().map(|m| m.as_str()).unwrap_or(""),
+        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
+        dojo.event.id = tracing::field::Empty,
+        dojo.event.type = tracing::field::Empty,
+        dojo.account.id = tracing::field::Empty,
+        dojo.payment_intent.id = tracing::field::Empty,
+        dojo.outcome = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let parent = crate::handle::traceparent(delivery.properties.headers().as_ref());
+    let ids = common::telemetry::adopt(&span, parent.as_deref());
+    settle_in_span(worker, channel, delivery, stop, &span, &ids)
+        .instrument(span.clone())
+        .await;
+}
+
+async fn settle_in_span(
+    worker: &Worker,
+    channel: &Channel,
+    delivery: Delivery,
+    stop: watch::Receiver<bool>,
+    span: &tracing::Span,
+    ids: &common::telemetry::Ids,
+) {
+    let started = std::time::Instant::now();
+    let verdict = handle(worker, &delivery.data, span, ids, stop).await;
+    worker
+        .metrics
+        .processing
+        .observe(started.elapsed().as_secs_f64());
+    match &verdict {
+        Verdict::Retry(_) => {
+            span.record("dojo.outcome", "retried");
+            worker
+                .metrics
+                .processed
+                .with_label_values(&["retried"])
+                .inc();
+        }
+        Verdict::Dead(_) => {
+            span.record("dojo.outcome", "dead");
+            span.record("otel.status_code", "ERROR");
+            worker.metrics.processed.with_label_values(&["dead"]).inc();
+        }
+        Verdict::Ack | Verdict::Requeue => {}
+    }
     let requeue = BasicNackOptions {
         requeue: true,
         ..BasicNackOptions::default()

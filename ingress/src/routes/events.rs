@@ -1,10 +1,11 @@
 //! `POST /v1/events`: Dojo's REST HandleEvent capability, behind HTTP Basic auth.
 
-use super::{accept_and_answer, check_content_type, read_body, trace_of};
+use super::{accept_and_answer, check_content_type, deliver, read_body};
 use crate::auth::check_basic;
 use crate::error::ApiError;
 use crate::State;
 use actix_web::{web, HttpRequest, HttpResponse};
+use common::telemetry::Ids;
 use common::{Channel, RequestorHeaders};
 
 pub async fn handle(
@@ -12,18 +13,17 @@ pub async fn handle(
     payload: web::Payload,
     state: web::Data<State>,
 ) -> HttpResponse {
-    let trace = trace_of(&req);
-    match handle_inner(&req, payload, &state, &trace).await {
-        Ok(response) => response,
-        Err(e) => e.respond(&trace.trace_id),
-    }
+    deliver(&req, &state, Channel::Rest, "POST /v1/events", |ids| {
+        handle_inner(&req, payload, &state, ids)
+    })
+    .await
 }
 
 async fn handle_inner(
     req: &HttpRequest,
     payload: web::Payload,
     state: &State,
-    trace: &crate::accept::Trace,
+    ids: Ids,
 ) -> Result<HttpResponse, ApiError> {
     let credentials = state
         .settings
@@ -34,7 +34,7 @@ async fn handle_inner(
     check_basic(req.headers().get("authorization"), credentials)?;
     check_content_type(req)?;
     let body = read_body(req, payload).await?;
-    accept_and_answer(state, Channel::Rest, requestor_headers(req), &body, trace).await
+    accept_and_answer(state, Channel::Rest, requestor_headers(req), &body, &ids).await
 }
 
 fn requestor_headers(req: &HttpRequest) -> RequestorHeaders {

@@ -16,3 +16,17 @@ pub async fn readyz(state: web::Data<State>) -> HttpResponse {
             .json(json!({"status": "not ready", "broker": "disconnected"}))
     }
 }
+
+/// Prometheus text format; connection gauges are read at scrape time.
+pub async fn metrics(state: web::Data<State>) -> HttpResponse {
+    let m = &state.intake.metrics;
+    m.broker_connected
+        .set(i64::from(state.publisher.is_ready()));
+    if let Some(ws) = &state.ws_connected {
+        m.websocket_connected
+            .set(i64::from(ws.load(std::sync::atomic::Ordering::SeqCst)));
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(common::metrics::render(&m.registry))
+}

@@ -5,25 +5,57 @@ pub mod events;
 pub mod health;
 pub mod webhook;
 
-use crate::accept::{AcceptError, Trace};
+use crate::accept::AcceptError;
 use crate::error::ApiError;
 use crate::State;
 use actix_web::{web, HttpRequest, HttpResponse};
+use common::telemetry::{adopt, Ids};
 use common::{Channel, RequestorHeaders};
 use futures::StreamExt;
+use std::future::Future;
+use std::time::Instant;
+use tracing::Instrument;
 
 /// Largest accepted body (CONTRACT.md): 64 KiB.
 pub const MAX_BODY: usize = 64 * 1024;
 /// Longest a client may take to send its body: a stalled upload cannot hold a slot.
 pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The trace for this request, from its `traceparent` header if valid.
-pub fn trace_of(req: &HttpRequest) -> Trace {
-    Trace::continue_or_start(
-        req.headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok()),
-    )
+/// Runs one delivery in its span (continuing Dojo's `traceparent` if it sent one),
+/// answers it, logs a rejection under the span's trace id, and counts it.
+pub async fn deliver<F, Fut>(
+    req: &HttpRequest,
+    state: &State,
+    channel: Channel,
+    name: &'static str,
+    inner: F,
+) -> HttpResponse
+where
+    F: FnOnce(Ids) -> Fut,
+    Fut: Future<Output = Result<HttpResponse, ApiError>>,
+{
+    let started = Instant::now();
+    let span = crate::delivery_span!(name, channel.as_str());
+    let incoming = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    let ids = adopt(&span, incoming);
+    let result = inner(ids.clone()).instrument(span.clone()).await;
+    let _inside = span.enter();
+    let (response, answer) = match result {
+        Ok(response) => (response, "accepted"),
+        Err(e) => (e.respond(&ids.trace_id), e.label()),
+    };
+    span.record("dojo.answer", answer);
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    state
+        .intake
+        .metrics
+        .answered(channel.as_str(), answer, started);
+    response
 }
 
 /// A missing content type is accepted; anything else must be JSON (`application/json`
@@ -87,9 +119,9 @@ pub async fn accept_and_answer(
     channel: Channel,
     headers: RequestorHeaders,
     body: &[u8],
-    trace: &Trace,
+    ids: &Ids,
 ) -> Result<HttpResponse, ApiError> {
-    match crate::accept::accept(&state.publisher, channel, headers, body, trace).await {
+    match state.intake.accept(channel, headers, body, ids).await {
         Ok(_) => Ok(HttpResponse::Ok().json(serde_json::json!({}))),
         Err(AcceptError::Invalid(e)) => Err(ApiError::Invalid(e.0)),
         Err(AcceptError::NotQueued(e)) => Err(ApiError::Unavailable(e)),
@@ -97,7 +129,6 @@ pub async fn accept_and_answer(
 }
 
 /// Unknown routes get an EPOSError too.
-pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    let trace = trace_of(&req);
-    ApiError::NotConfigured.respond(&trace.trace_id)
+pub async fn not_found() -> HttpResponse {
+    ApiError::NotConfigured.respond(&common::telemetry::new_trace_id())
 }

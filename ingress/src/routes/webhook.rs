@@ -1,10 +1,11 @@
 //! `POST /v1/webhooks/dojo`: Dojo webhooks, verified by `dojo-signature` over the raw body
 //! before anything is parsed.
 
-use super::{accept_and_answer, check_content_type, read_body, trace_of};
+use super::{accept_and_answer, check_content_type, deliver, read_body};
 use crate::error::ApiError;
 use crate::State;
 use actix_web::{web, HttpRequest, HttpResponse};
+use common::telemetry::Ids;
 use common::{signature, Channel, RequestorHeaders};
 
 pub async fn handle(
@@ -12,18 +13,21 @@ pub async fn handle(
     payload: web::Payload,
     state: web::Data<State>,
 ) -> HttpResponse {
-    let trace = trace_of(&req);
-    match handle_inner(&req, payload, &state, &trace).await {
-        Ok(response) => response,
-        Err(e) => e.respond(&trace.trace_id),
-    }
+    deliver(
+        &req,
+        &state,
+        Channel::Webhook,
+        "POST /v1/webhooks/dojo",
+        |ids| handle_inner(&req, payload, &state, ids),
+    )
+    .await
 }
 
 async fn handle_inner(
     req: &HttpRequest,
     payload: web::Payload,
     state: &State,
-    trace: &crate::accept::Trace,
+    ids: Ids,
 ) -> Result<HttpResponse, ApiError> {
     let secrets = &state.settings.webhook_secrets;
     if secrets.is_empty() {
@@ -47,7 +51,7 @@ async fn handle_inner(
         Channel::Webhook,
         RequestorHeaders::default(),
         &body,
-        trace,
+        &ids,
     )
     .await
 }

@@ -4,7 +4,7 @@
 //! peer is dead. Reconnects back off exponentially (capped, jittered). On shutdown, no
 //! new request is read, in-flight replies are sent, then the socket is closed cleanly.
 
-use crate::broker::Publisher;
+use crate::accept::Intake;
 use crate::settings::WsSettings;
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
@@ -32,10 +32,10 @@ pub struct WsClient {
 
 impl WsClient {
     /// Starts connecting in the background (on the current Tokio runtime).
-    pub fn start(settings: WsSettings, publisher: Publisher) -> Self {
+    pub fn start(settings: WsSettings, intake: Intake) -> Self {
         let connected = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(supervise(settings, publisher, connected.clone(), stopped));
+        let task = tokio::spawn(supervise(settings, intake, connected.clone(), stopped));
         Self {
             connected,
             stop,
@@ -85,19 +85,26 @@ async fn connect(settings: &WsSettings) -> anyhow::Result<Socket> {
 
 async fn supervise(
     settings: WsSettings,
-    publisher: Publisher,
+    intake: Intake,
     connected: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut opened = 0u64;
     while !*stop.borrow() {
         match connect(&settings).await {
             Ok(socket) => {
                 tracing::info!(url = %settings.url, "WebSocket to Dojo open");
                 connected.store(true, Ordering::SeqCst);
+                intake.metrics.websocket_connected.set(1);
+                if opened > 0 {
+                    intake.metrics.websocket_reconnects.inc();
+                }
+                opened += 1;
                 backoff = Duration::from_millis(100);
-                serve(socket, &settings, &publisher, &mut stop).await;
+                serve(socket, &settings, &intake, &mut stop).await;
                 connected.store(false, Ordering::SeqCst);
+                intake.metrics.websocket_connected.set(0);
                 if *stop.borrow() {
                     break;
                 }
@@ -122,7 +129,7 @@ async fn supervise(
 async fn serve(
     socket: Socket,
     settings: &WsSettings,
-    publisher: &Publisher,
+    intake: &Intake,
     stop: &mut watch::Receiver<bool>,
 ) {
     let (mut sink, mut source) = socket.split();
@@ -155,9 +162,9 @@ async fn serve(
                     }
                 };
                 let Ok(slot) = slots.clone().acquire_owned().await else { break };
-                let (publisher, outbox) = (publisher.clone(), outbox.clone());
+                let (intake, outbox) = (intake.clone(), outbox.clone());
                 requests.spawn(async move {
-                    if let Some(reply) = super::rpc::handle(&publisher, &text).await {
+                    if let Some(reply) = super::rpc::handle(&intake, &text).await {
                         let _ = outbox.send(Message::Text(reply.into())).await;
                     }
                     drop(slot);

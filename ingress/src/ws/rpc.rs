@@ -3,12 +3,14 @@
 //! Errors are EPOSError objects (not JSON-RPC's `{code, message}`), and every reply
 //! echoes `id` and `method`, as Dojo's spec requires.
 
-use crate::accept::{accept, AcceptError, Trace};
-use crate::broker::Publisher;
+use crate::accept::{AcceptError, Intake};
+use common::telemetry::{adopt, Ids};
 use common::{Channel, EposError, ErrorType, RequestorHeaders};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use std::time::Instant;
+use tracing::Instrument;
 
 pub const HANDLE_EVENT: &str = "HandleEventV1";
 
@@ -57,52 +59,74 @@ fn split_params(params: &RawValue) -> Result<(Vec<u8>, RequestorHeaders), String
     ))
 }
 
-/// Handles one text frame. `None`: nothing to answer (not JSON, or a notification
+/// Handles one text frame, in a span of its own (a new trace: Dojo sends no trace
+/// context over the socket). `None`: nothing to answer (not JSON, or a notification
 /// without an `id`); those are logged, and the socket carries on.
-pub async fn handle(publisher: &Publisher, frame: &str) -> Option<String> {
-    let trace = Trace::continue_or_start(None);
+pub async fn handle(intake: &Intake, frame: &str) -> Option<String> {
+    let started = Instant::now();
+    let span = crate::delivery_span!("HandleEventV1", "ws");
+    let ids = adopt(&span, None);
+    let (reply, answer) = answer(intake, frame, &ids).instrument(span.clone()).await;
+    span.record("dojo.answer", answer);
+    if answer == "unavailable" {
+        span.record("otel.status_code", "ERROR");
+    }
+    intake.metrics.answered("ws", answer, started);
+    reply
+}
+
+/// The reply (if any) and the metrics' `answer` label.
+async fn answer(intake: &Intake, frame: &str, ids: &Ids) -> (Option<String>, &'static str) {
     let parsed: Frame = match serde_json::from_str(frame) {
         Ok(f) => f,
         Err(e) => {
-            tracing::warn!(trace_id = %trace.trace_id, error = %e, frame = %frame.chars().take(200).collect::<String>(), "malformed WebSocket frame ignored");
-            return None;
+            tracing::warn!(error = %e, frame = %frame.chars().take(200).collect::<String>(), "malformed WebSocket frame ignored");
+            return (None, "malformed");
         }
     };
     let Some(id) = parsed.id else {
-        tracing::warn!(trace_id = %trace.trace_id, method = ?parsed.method, "WebSocket frame without id ignored");
-        return None;
+        tracing::warn!(method = ?parsed.method, "WebSocket frame without id ignored");
+        return (None, "malformed");
     };
     let fail = |kind: ErrorType, message: String| {
-        tracing::warn!(trace_id = %trace.trace_id, id = %id, error = %message, "WebSocket request rejected");
-        Err(EposError::new(kind, message, &trace.trace_id))
+        tracing::warn!(id = %id, error = %message, "WebSocket request rejected");
+        Err(EposError::new(kind, message, &ids.trace_id))
     };
     let method = parsed.method.unwrap_or_default();
-    let outcome = if method != HANDLE_EVENT {
-        fail(
-            ErrorType::NotFound,
-            format!("method {method:?} is not implemented by this POS"),
+    let (outcome, label) = if method != HANDLE_EVENT {
+        (
+            fail(
+                ErrorType::NotFound,
+                format!("method {method:?} is not implemented by this POS"),
+            ),
+            "not_found",
         )
     } else {
         match parsed.params.map(split_params) {
-            None => fail(ErrorType::InvalidRequest, "missing params".into()),
-            Some(Err(message)) => fail(ErrorType::InvalidRequest, message),
-            Some(Ok((event, headers))) => {
-                match accept(publisher, Channel::Ws, headers, &event, &trace).await {
-                    Ok(_) => Ok(()),
-                    Err(AcceptError::Invalid(e)) => fail(ErrorType::InvalidRequest, e.0),
-                    Err(AcceptError::NotQueued(e)) => {
-                        tracing::error!(trace_id = %trace.trace_id, error = %e, "WebSocket event not queued");
-                        Err(EposError::new(
-                            ErrorType::UnexpectedError,
-                            "the event could not be stored; retry later",
-                            &trace.trace_id,
-                        ))
-                    }
+            None => (
+                fail(ErrorType::InvalidRequest, "missing params".into()),
+                "invalid",
+            ),
+            Some(Err(message)) => (fail(ErrorType::InvalidRequest, message), "invalid"),
+            Some(Ok((event, headers))) => match intake
+                .accept(Channel::Ws, headers, &event, ids)
+                .await
+            {
+                Ok(_) => (Ok(()), "accepted"),
+                Err(AcceptError::Invalid(e)) => (fail(ErrorType::InvalidRequest, e.0), "invalid"),
+                Err(AcceptError::NotQueued(e)) => {
+                    tracing::error!(error = %e, "WebSocket event not queued");
+                    let body = EposError::new(
+                        ErrorType::UnexpectedError,
+                        "the event could not be stored; retry later",
+                        &ids.trace_id,
+                    );
+                    (Err(body), "unavailable")
                 }
-            }
+            },
         }
     };
-    Some(reply(&id, &method, outcome))
+    (Some(reply(&id, &method, outcome)), label)
 }
 
 #[cfg(test)]

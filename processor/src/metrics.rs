@@ -1,0 +1,61 @@
+//! Processor metrics, served at `/metrics` in Prometheus text format.
+
+use common::metrics::{counter, counter_vec, gauge, histogram, LAG_BUCKETS, LATENCY_BUCKETS};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Deliveries by outcome: applied, stale, ignored, duplicate, retried, dead.
+    pub processed: IntCounterVec,
+    /// Time to handle one delivery (parse, dedupe, apply).
+    pub processing: Histogram,
+    /// Now minus Dojo's `createdAt`, at commit.
+    pub lag: Histogram,
+    /// Duplicates caught, by layer: redis (no database work) or database.
+    pub dedupe_hits: IntCounterVec,
+    pub consuming: IntGauge,
+    pub broker_reconnects: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        Self {
+            processed: counter_vec(
+                &registry,
+                "dojo_processor_events_total",
+                "Deliveries settled, by outcome",
+                &["outcome"],
+            ),
+            processing: histogram(
+                &registry,
+                "dojo_processor_processing_seconds",
+                "Time to handle one delivery",
+                LATENCY_BUCKETS,
+            ),
+            lag: histogram(
+                &registry,
+                "dojo_processor_end_to_end_lag_seconds",
+                "Dojo's createdAt to our commit",
+                LAG_BUCKETS,
+            ),
+            dedupe_hits: counter_vec(
+                &registry,
+                "dojo_processor_dedupe_hits_total",
+                "Duplicates caught, by layer",
+                &["layer"],
+            ),
+            consuming: gauge(
+                &registry,
+                "dojo_processor_consuming",
+                "1 while a consumer is attached to the work queue",
+            ),
+            broker_reconnects: counter(
+                &registry,
+                "dojo_processor_broker_reconnects_total",
+                "Broker connections opened after the first",
+            ),
+            registry,
+        }
+    }
+}
