@@ -49,6 +49,31 @@ for name, svc in compose["services"].items():
     image = svc.get("image")
     if image and image.split(":")[0] not in upstream:
         errors.append(f"service {name} uses an image not known upstream: {image}")
+# Prometheus: every rule has a name, an expression, a severity and a runbook link;
+# every file the compose file mounts exists.
+import json
+rules = yaml.safe_load(open("deploy/prometheus/alerts.yml"))
+for group in rules["groups"]:
+    for rule in group["rules"]:
+        for key in ("alert", "expr"):
+            if not rule.get(key):
+                errors.append(f"alert rule without {key}: {rule}")
+        if "severity" not in rule.get("labels", {}) or "runbook" not in rule.get("annotations", {}):
+            errors.append(f"alert {rule.get('alert')} lacks a severity or a runbook")
+        anchor = rule["annotations"]["runbook"].split("#")[-1]
+        if anchor not in open("docs/OPERATIONS.md").read().lower():
+            errors.append(f"alert {rule['alert']}: no runbook section in docs/OPERATIONS.md")
+prom = yaml.safe_load(open("deploy/prometheus/prometheus.yml"))
+if not prom.get("scrape_configs"):
+    errors.append("prometheus.yml scrapes nothing")
+dash = json.load(open("deploy/grafana/dashboards/dojo-events.json"))
+if not dash.get("panels"):
+    errors.append("the Grafana dashboard has no panels")
+for name, svc in compose["services"].items():
+    for volume in svc.get("volumes", []):
+        source = volume.split(":")[0]
+        if source.startswith("./") and not os.path.exists(source):
+            errors.append(f"service {name} mounts a missing file: {source}")
 if errors:
     print("\n".join(errors)); sys.exit(1)
 PY

@@ -32,7 +32,9 @@ pub fn check(listen_addr: &str, path: &str) -> Result<(), String> {
         .set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
     let mut head = [0u8; 32];
     let n = stream.read(&mut head).map_err(|e| e.to_string())?;
     let status = String::from_utf8_lossy(&head[..n]);

@@ -13,6 +13,7 @@ pub struct Metrics {
     /// Time from publishing to the broker's confirm.
     pub confirm_latency: Histogram,
     pub broker_connected: IntGauge,
+    pub websocket_configured: IntGauge,
     pub websocket_connected: IntGauge,
     pub websocket_reconnects: IntCounter,
 }
@@ -44,6 +45,11 @@ impl Default for Metrics {
                 &registry,
                 "dojo_ingress_broker_connected",
                 "1 while connected to RabbitMQ",
+            ),
+            websocket_configured: gauge(
+                &registry,
+                "dojo_ingress_websocket_configured",
+                "1 if this ingress keeps a WebSocket to Dojo",
             ),
             websocket_connected: gauge(
                 &registry,

@@ -69,7 +69,9 @@ async fn receive(body: web::Bytes, spans: web::Data<Spans>) -> HttpResponse {
             });
         }
     }
-    HttpResponse::Ok().content_type("application/x-protobuf").finish()
+    HttpResponse::Ok()
+        .content_type("application/x-protobuf")
+        .finish()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -94,19 +96,30 @@ async fn one_webhook_is_one_trace_from_dojo_to_the_database() {
     let services = Services::new().await.unwrap();
     let spans: Spans = Arc::default();
     let data = web::Data::new(spans.clone());
-    let server = HttpServer::new(move || App::new().app_data(data.clone()).route("/v1/traces", web::post().to(receive)))
-        .workers(1)
-        .disable_signals()
-        .bind("127.0.0.1:0")
-        .unwrap();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/v1/traces", web::post().to(receive))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")
+    .unwrap();
     let collector = format!("http://{}", server.addrs()[0]);
     let server = server.run();
     let server_handle = server.handle();
     tokio::spawn(server);
 
     let ingress_bin = Path::new(env!("CARGO_BIN_EXE_processor")).with_file_name("ingress");
-    assert!(ingress_bin.exists(), "build the workspace first (cargo build --workspace)");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    assert!(
+        ingress_bin.exists(),
+        "build the workspace first (cargo build --workspace)"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut ingress = Command::new(ingress_bin);
     ingress
         .env("INGRESS_ADDR", format!("127.0.0.1:{port}"))
@@ -123,7 +136,13 @@ async fn one_webhook_is_one_trace_from_dojo_to_the_database() {
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     wait_until("ingress ready", Duration::from_secs(30), || async {
-        http.get(format!("{url}/readyz")).send().await.ok()?.status().is_success().then_some(())
+        http.get(format!("{url}/readyz"))
+            .send()
+            .await
+            .ok()?
+            .status()
+            .is_success()
+            .then_some(())
     })
     .await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -150,16 +169,22 @@ async fn one_webhook_is_one_trace_from_dojo_to_the_database() {
         .unwrap();
     let error_trace = rejected["traceId"].as_str().unwrap().to_owned();
 
-    let collected = wait_until("spans from both services", Duration::from_secs(30), || async {
-        let spans = spans.lock().unwrap().clone();
-        let ours: Vec<Collected> = spans.into_iter().filter(|s| s.trace_id == trace).collect();
-        let has = |service: &str, name: &str| ours.iter().any(|s| s.service == service && s.name == name);
-        (has("ingress", "POST /v1/webhooks/dojo")
-            && has("ingress", "publish dojo.events")
-            && has("processor", "process dojo.events.processor")
-            && has("processor", "postgresql apply event"))
-        .then_some(ours)
-    })
+    let collected = wait_until(
+        "spans from both services",
+        Duration::from_secs(30),
+        || async {
+            let spans = spans.lock().unwrap().clone();
+            let ours: Vec<Collected> = spans.into_iter().filter(|s| s.trace_id == trace).collect();
+            let has = |service: &str, name: &str| {
+                ours.iter().any(|s| s.service == service && s.name == name)
+            };
+            (has("ingress", "POST /v1/webhooks/dojo")
+                && has("ingress", "publish dojo.events")
+                && has("processor", "process dojo.events.processor")
+                && has("processor", "postgresql apply event"))
+            .then_some(ours)
+        },
+    )
     .await;
     let find = |service: &str, name: &str| {
         collected
@@ -174,18 +199,33 @@ async fn one_webhook_is_one_trace_from_dojo_to_the_database() {
     let apply = find("processor", "postgresql apply event");
     assert_eq!(request.parent, dojo_span, "ingress continues Dojo's trace");
     assert_eq!(publish.parent, request.span_id);
-    assert_eq!(consume.parent, publish.span_id, "the consume span is a child of the publish span");
+    assert_eq!(
+        consume.parent, publish.span_id,
+        "the consume span is a child of the publish span"
+    );
     assert_eq!(apply.parent, consume.span_id);
     assert_eq!(publish.attributes["messaging.system"], "rabbitmq");
-    assert_eq!(publish.attributes["messaging.destination.name"], "dojo.events");
+    assert_eq!(
+        publish.attributes["messaging.destination.name"],
+        "dojo.events"
+    );
     assert_eq!(apply.attributes["db.system.name"], "postgresql");
-    assert_eq!(consume.attributes["dojo.event.id"], "evt_hnnHxIKR_Uy6bhZCusCltw");
-    assert_eq!(consume.attributes["dojo.payment_intent.id"], "pi_vpwd4ooAPEqyNAQe4z89WQ");
+    assert_eq!(
+        consume.attributes["dojo.event.id"],
+        "evt_hnnHxIKR_Uy6bhZCusCltw"
+    );
+    assert_eq!(
+        consume.attributes["dojo.payment_intent.id"],
+        "pi_vpwd4ooAPEqyNAQe4z89WQ"
+    );
     assert_eq!(consume.attributes["dojo.outcome"], "applied");
 
     let pool = services.db.pool().await.unwrap();
     wait_until("applied", Duration::from_secs(30), || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dojo_events").fetch_one(&pool).await.ok()?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dojo_events")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
         (n == 1).then_some(())
     })
     .await;
@@ -197,15 +237,30 @@ async fn one_webhook_is_one_trace_from_dojo_to_the_database() {
     let ingress_log = ingress_log.join().unwrap();
     let processor_log = processor_log.join().unwrap();
     for log in [&ingress_log, &processor_log] {
-        assert!(log.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "JSON lines");
+        assert!(
+            log.lines()
+                .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+            "JSON lines"
+        );
     }
     let with_trace = |log: &str, message: &str, id: &str| {
         log.lines().any(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["fields"]["message"] == message && v["span"]["trace_id"] == id && v["span"]["span_id"].is_string()
+            v["fields"]["message"] == message
+                && v["span"]["trace_id"] == id
+                && v["span"]["span_id"].is_string()
         })
     };
-    assert!(with_trace(&ingress_log, "event queued", trace), "{ingress_log}");
-    assert!(with_trace(&processor_log, "event processed", trace), "{processor_log}");
-    assert!(with_trace(&ingress_log, "request rejected", &error_trace), "{ingress_log}");
+    assert!(
+        with_trace(&ingress_log, "event queued", trace),
+        "{ingress_log}"
+    );
+    assert!(
+        with_trace(&processor_log, "event processed", trace),
+        "{processor_log}"
+    );
+    assert!(
+        with_trace(&ingress_log, "request rejected", &error_trace),
+        "{ingress_log}"
+    );
 }
