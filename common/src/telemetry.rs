@@ -57,10 +57,16 @@ impl Drop for Telemetry {
 }
 
 fn exporter() -> Result<opentelemetry_otlp::SpanExporter, String> {
-    use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
     let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
         .unwrap_or_else(|_| "http/protobuf".into());
+    exporter_for(&protocol)
+}
+
+/// The OTLP span exporter for a protocol name (endpoint, headers and timeouts come from
+/// the standard `OTEL_EXPORTER_OTLP_*` variables).
+fn exporter_for(protocol: &str) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
     let built = match protocol.trim() {
         "grpc" => SpanExporter::builder().with_tonic().build(),
         "http/protobuf" | "" => SpanExporter::builder()
@@ -239,6 +245,14 @@ mod tests {
     fn made_up_ids_are_valid_w3c_ids() {
         let id = new_trace_id();
         assert_eq!(trace_id_from_traceparent(&traceparent(&id)), Some(id));
+    }
+
+    #[tokio::test]
+    async fn both_otlp_protocols_are_supported_and_others_named() {
+        assert!(exporter_for("http/protobuf").is_ok());
+        assert!(exporter_for("grpc").is_ok());
+        let err = exporter_for("http/json").unwrap_err();
+        assert!(err.contains("http/json"), "{err}");
     }
 
     #[test]
