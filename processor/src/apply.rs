@@ -1,15 +1,21 @@
-//! Applying one event to the payment records, in one PostgreSQL transaction.
+//! Applying a batch of events to the payment records, in one PostgreSQL transaction of
+//! five statements whatever the batch size (multi-row, through `unnest`).
 //!
-//! The `dojo_events` row is inserted first: its primary key `(account_id, event_id)` is
-//! the dedupe truth, and a concurrent duplicate blocks on it until the first commits,
-//! then finds it. The payment intent row is then locked and changed per [`crate::rule`],
-//! in the same transaction, so a duplicate can never be applied twice, whatever Redis
-//! knows.
+//! 1. Transaction-level advisory locks on every payment intent of the batch, in a fixed
+//!    order: two processors never work on one intent at once, even before its row
+//!    exists, so the rule below sees the truth.
+//! 2. Which events are already recorded (`dojo_events`' primary key is the dedupe
+//!    truth): those are duplicates, whatever Redis said.
+//! 3. The current state of the intents.
+//! 4. The new events, folded in delivery order through [`crate::rule`] (several events
+//!    of one intent in one batch included), are inserted with their outcomes...
+//! 5. ...and each intent whose state changed is written once, with its final state.
 
 use crate::rule::{decide, Change, Current, Decision, Outcome, Stamp};
 use chrono::{DateTime, Utc};
 use common::{Channel, DojoEvent};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgPool, Row};
+use std::collections::{HashMap, HashSet};
 
 /// An event as it came off the queue.
 pub struct Incoming<'a> {
@@ -20,143 +26,204 @@ pub struct Incoming<'a> {
     pub payload: &'a str,
 }
 
-pub async fn apply(pool: &PgPool, incoming: &Incoming<'_>) -> Result<Outcome, sqlx::Error> {
-    let event = incoming.event;
-    let change = Change::of(event);
+/// Applies `batch`; returns one outcome per element, in order.
+pub async fn apply(pool: &PgPool, batch: &[Incoming<'_>]) -> Result<Vec<Outcome>, sqlx::Error> {
+    let changes: Vec<Option<Change>> = batch.iter().map(|i| Change::of(i.event)).collect();
+    let mut intents: Vec<&str> = changes
+        .iter()
+        .flatten()
+        .map(|c| c.payment_intent_id.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    intents.sort_unstable();
     let mut tx = pool.begin().await?;
-    let provisional = if change.is_some() {
-        Outcome::Applied
-    } else {
-        Outcome::Ignored
-    };
-    if !insert_event(&mut tx, incoming, provisional).await? {
-        tx.rollback().await?;
-        return Ok(Outcome::Duplicate);
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(h) FROM
+           (SELECT DISTINCT hashtextextended(x, 0) AS h FROM unnest($1::text[]) AS x ORDER BY h) AS locks",
+    )
+    .bind(&intents)
+    .execute(&mut *tx)
+    .await?;
+
+    let accounts: Vec<&str> = batch.iter().map(|i| i.event.account_id.as_str()).collect();
+    let ids: Vec<&str> = batch.iter().map(|i| i.event.id.as_str()).collect();
+    let mut seen: HashSet<(String, String)> = sqlx::query(
+        "SELECT e.account_id, e.event_id FROM dojo_events e
+           JOIN unnest($1::text[], $2::text[]) AS k(account_id, event_id)
+             ON e.account_id = k.account_id AND e.event_id = k.event_id",
+    )
+    .bind(&accounts)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+    .collect::<Result<_, sqlx::Error>>()?;
+
+    let mut state = load(&mut tx, &intents).await?;
+    let mut changed: Vec<String> = Vec::new();
+    let mut touched: HashSet<String> = HashSet::new();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut fresh = Vec::new();
+    for (i, (incoming, change)) in batch.iter().zip(&changes).enumerate() {
+        let key = (incoming.event.account_id.clone(), incoming.event.id.clone());
+        if !seen.insert(key) {
+            outcomes.push(Outcome::Duplicate);
+            continue;
+        }
+        let outcome = match change {
+            None => Outcome::Ignored,
+            Some(change) => match decide(state.get(&change.payment_intent_id), change) {
+                Decision::Stale => Outcome::Stale,
+                Decision::Insert(next) | Decision::Update(next) => {
+                    state.insert(change.payment_intent_id.clone(), next);
+                    if touched.insert(change.payment_intent_id.clone()) {
+                        changed.push(change.payment_intent_id.clone());
+                    }
+                    Outcome::Applied
+                }
+            },
+        };
+        outcomes.push(outcome);
+        fresh.push(i);
     }
-    let outcome = match change {
-        None => Outcome::Ignored,
-        Some(change) => apply_change(&mut tx, &event.account_id, &change).await?,
-    };
-    if outcome == Outcome::Stale {
-        sqlx::query(
-            "UPDATE dojo_events SET outcome = 'stale' WHERE account_id = $1 AND event_id = $2",
-        )
-        .bind(&event.account_id)
-        .bind(&event.id)
-        .execute(&mut *tx)
-        .await?;
-    }
+    insert_events(&mut tx, batch, &fresh, &outcomes).await?;
+    write_intents(&mut tx, batch, &changes, &state, &changed).await?;
     tx.commit().await?;
-    Ok(outcome)
+    Ok(outcomes)
 }
 
-/// Inserts the event row; false if it was already there (a duplicate).
-async fn insert_event(
-    conn: &mut PgConnection,
-    incoming: &Incoming<'_>,
-    outcome: Outcome,
-) -> Result<bool, sqlx::Error> {
-    let e = incoming.event;
-    let inserted = sqlx::query(
+async fn load(
+    tx: &mut sqlx::PgConnection,
+    intents: &[&str],
+) -> Result<HashMap<String, Current>, sqlx::Error> {
+    sqlx::query(
+        "SELECT payment_intent_id, status, capture_mode, status_changed_ns, status_stage, last_event_id
+         FROM payment_intents WHERE payment_intent_id = ANY($1)",
+    )
+    .bind(intents)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok((
+            r.try_get("payment_intent_id")?,
+            Current {
+                status: r.try_get("status")?,
+                capture_mode: r.try_get("capture_mode")?,
+                stamp: Stamp {
+                    nanos: r.try_get("status_changed_ns")?,
+                    stage: r.try_get("status_stage")?,
+                    event_id: r.try_get("last_event_id")?,
+                },
+            },
+        ))
+    })
+    .collect()
+}
+
+async fn insert_events(
+    tx: &mut sqlx::PgConnection,
+    batch: &[Incoming<'_>],
+    fresh: &[usize],
+    outcomes: &[Outcome],
+) -> Result<(), sqlx::Error> {
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let pick = |f: &dyn Fn(&Incoming) -> Option<String>| -> Vec<Option<String>> {
+        fresh.iter().map(|&i| f(&batch[i])).collect()
+    };
+    fn e<'x>(i: &Incoming<'x>) -> &'x DojoEvent {
+        i.event
+    }
+    sqlx::query(
         "INSERT INTO dojo_events (account_id, event_id, event_type, payment_intent_id, payment_status,
                                   capture_mode, created_at, received_at, channel, outcome, payload)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)
-         ON CONFLICT (account_id, event_id) DO NOTHING
-         RETURNING 1",
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                              $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[], $11::text[]::jsonb[])
+         ON CONFLICT (account_id, event_id) DO NOTHING",
     )
-    .bind(&e.account_id)
-    .bind(&e.id)
-    .bind(e.event.as_str())
-    .bind(e.data.payment_intent_id.as_deref())
-    .bind(e.data.payment_status.as_ref().map(|s| s.as_str()))
-    .bind(e.data.capture_mode.as_ref().map(|c| c.as_str()))
-    .bind(e.created_at.as_utc())
-    .bind(incoming.received_at)
-    .bind(incoming.channel.as_str())
-    .bind(outcome.as_str())
-    .bind(incoming.payload)
-    .fetch_optional(&mut *conn)
+    .bind(pick(&|i| Some(e(i).account_id.clone())))
+    .bind(pick(&|i| Some(e(i).id.clone())))
+    .bind(pick(&|i| Some(e(i).event.as_str().to_owned())))
+    .bind(pick(&|i| e(i).data.payment_intent_id.clone()))
+    .bind(pick(&|i| e(i).data.payment_status.as_ref().map(|s| s.as_str().to_owned())))
+    .bind(pick(&|i| e(i).data.capture_mode.as_ref().map(|c| c.as_str().to_owned())))
+    .bind(fresh.iter().map(|&i| batch[i].event.created_at.as_utc()).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|&i| batch[i].received_at).collect::<Vec<_>>())
+    .bind(pick(&|i| Some(i.channel.as_str().to_owned())))
+    .bind(fresh.iter().map(|&i| outcomes[i].as_str()).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|&i| batch[i].payload).collect::<Vec<_>>())
+    .execute(&mut *tx)
     .await?;
-    Ok(inserted.is_some())
+    Ok(())
 }
 
-async fn lock_current(conn: &mut PgConnection, id: &str) -> Result<Option<Current>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT status, capture_mode, status_changed_ns, status_stage, last_event_id
-         FROM payment_intents WHERE payment_intent_id = $1 FOR UPDATE",
-    )
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.map(|r| {
-        Ok(Current {
-            status: r.try_get("status")?,
-            capture_mode: r.try_get("capture_mode")?,
-            stamp: Stamp {
-                nanos: r.try_get("status_changed_ns")?,
-                stage: r.try_get("status_stage")?,
-                event_id: r.try_get("last_event_id")?,
-            },
-        })
-    })
-    .transpose()
-}
-
-async fn apply_change(
-    conn: &mut PgConnection,
-    account_id: &str,
-    change: &Change,
-) -> Result<Outcome, sqlx::Error> {
-    let mut current = lock_current(conn, &change.payment_intent_id).await?;
-    loop {
-        match decide(current.as_ref(), change) {
-            Decision::Stale => return Ok(Outcome::Stale),
-            Decision::Update(next) => {
-                write_intent(conn, account_id, &change.payment_intent_id, &next, false).await?;
-                return Ok(Outcome::Applied);
-            }
-            Decision::Insert(next) => {
-                if write_intent(conn, account_id, &change.payment_intent_id, &next, true).await? {
-                    return Ok(Outcome::Applied);
-                }
-                // Another transaction created the row meanwhile: decide against it.
-                current = lock_current(conn, &change.payment_intent_id).await?;
-            }
-        }
+async fn write_intents(
+    tx: &mut sqlx::PgConnection,
+    batch: &[Incoming<'_>],
+    changes: &[Option<Change>],
+    state: &HashMap<String, Current>,
+    changed: &[String],
+) -> Result<(), sqlx::Error> {
+    if changed.is_empty() {
+        return Ok(());
     }
-}
-
-/// Inserts (if `create`, returning false when the row already exists) or updates a row.
-async fn write_intent(
-    conn: &mut PgConnection,
-    account_id: &str,
-    id: &str,
-    next: &Current,
-    create: bool,
-) -> Result<bool, sqlx::Error> {
-    let sql = if create {
-        "INSERT INTO payment_intents (payment_intent_id, account_id, status, capture_mode,
+    // The account of an intent: that of the event that set its state.
+    let account: HashMap<&str, &str> = batch
+        .iter()
+        .zip(changes)
+        .filter_map(|(i, c)| {
+            Some((
+                c.as_ref()?.stamp.event_id.as_str(),
+                i.event.account_id.as_str(),
+            ))
+        })
+        .collect();
+    let rows: Vec<&Current> = changed.iter().map(|id| &state[id]).collect();
+    sqlx::query(
+        "INSERT INTO payment_intents AS pi (payment_intent_id, account_id, status, capture_mode,
                 status_changed_at, status_changed_ns, status_stage, last_event_id)
-         VALUES ($1, $2, $3, $4, $8, $5, $6, $7)
-         ON CONFLICT (payment_intent_id) DO NOTHING
-         RETURNING 1"
-    } else {
-        "UPDATE payment_intents SET account_id = $2, status = $3, capture_mode = $4,
-                status_changed_at = $8, status_changed_ns = $5,
-                status_stage = $6, last_event_id = $7, updated_at = now()
-         WHERE payment_intent_id = $1
-         RETURNING 1"
-    };
-    let done = sqlx::query(sql)
-        .bind(id)
-        .bind(account_id)
-        .bind(&next.status)
-        .bind(next.capture_mode.as_deref())
-        .bind(next.stamp.nanos)
-        .bind(next.stamp.stage)
-        .bind(&next.stamp.event_id)
-        .bind(DateTime::<Utc>::from_timestamp_nanos(next.stamp.nanos))
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(done.is_some())
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                              $6::bigint[], $7::smallint[], $8::text[])
+         ON CONFLICT (payment_intent_id) DO UPDATE SET
+             account_id = EXCLUDED.account_id, status = EXCLUDED.status,
+             capture_mode = EXCLUDED.capture_mode, status_changed_at = EXCLUDED.status_changed_at,
+             status_changed_ns = EXCLUDED.status_changed_ns, status_stage = EXCLUDED.status_stage,
+             last_event_id = EXCLUDED.last_event_id, updated_at = now()",
+    )
+    .bind(changed)
+    .bind(
+        rows.iter()
+            .map(|r| {
+                account
+                    .get(r.stamp.event_id.as_str())
+                    .copied()
+                    .unwrap_or("")
+            })
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.capture_mode.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| DateTime::<Utc>::from_timestamp_nanos(r.stamp.nanos))
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.stamp.nanos).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.stamp.stage).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.stamp.event_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

@@ -7,7 +7,7 @@
 
 use crate::Worker;
 use common::topology;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
@@ -17,7 +17,7 @@ use rand::Rng;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// Runs until `stop` turns true; reconnects with capped backoff whenever the broker goes.
@@ -27,17 +27,19 @@ pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     let mut opened = 0u64;
     while !*stop.borrow() {
         match connect(&worker).await {
-            Ok((connection, channel)) => {
+            Ok((connection, channels)) => {
                 if opened > 0 {
                     worker.metrics.broker_reconnects.inc();
                 }
                 opened += 1;
                 tracing::info!(broker = %redacted, queue = topology::PROCESSOR_QUEUE, "consuming");
                 backoff = Duration::from_millis(100);
-                consume(&worker, &channel, &mut stop).await;
+                consume(&worker, &channels, &mut stop).await;
                 worker.consuming.store(false, Ordering::SeqCst);
                 worker.metrics.consuming.set(0);
-                let _ = channel.close(200, "processor stopping".into()).await;
+                for channel in &channels {
+                    let _ = channel.close(200, "processor stopping".into()).await;
+                }
                 let _ = connection.close(200, "processor stopping".into()).await;
                 if *stop.borrow() {
                     break;
@@ -59,25 +61,58 @@ pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     tracing::info!("consumer stopped");
 }
 
-async fn connect(worker: &Worker) -> lapin::Result<(Connection, Channel)> {
+async fn connect(worker: &Worker) -> lapin::Result<(Connection, Vec<Channel>)> {
     let props = ConnectionProperties::default().with_connection_name("processor".into());
     let connection = Connection::connect(&worker.settings.amqp_url, props).await?;
-    let channel = connection.create_channel().await?;
-    topology::declare(&channel).await?;
-    worker.settings.retry.declare(&channel).await?;
-    // Prefetch bounds the unacked deliveries in flight to this process.
-    channel
-        .basic_qos(worker.settings.prefetch, BasicQosOptions::default())
-        .await?;
-    // Confirms on this channel make dead-lettering durable before the original is acked.
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok((connection, channel))
+    let mut channels = Vec::with_capacity(worker.settings.channels);
+    for i in 0..worker.settings.channels {
+        let channel = connection.create_channel().await?;
+        if i == 0 {
+            topology::declare(&channel).await?;
+            worker.settings.retry.declare(&channel).await?;
+        }
+        // Prefetch bounds the unacked deliveries held per channel: room for the batch
+        // being committed and the next one.
+        channel
+            .basic_qos(worker.settings.prefetch, BasicQosOptions::default())
+            .await?;
+        // Confirms make dead-lettering and retries durable before the original is acked.
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channels.push(channel);
+    }
+    Ok((connection, channels))
 }
 
-async fn consume(worker: &Arc<Worker>, channel: &Channel, stop: &mut watch::Receiver<bool>) {
-    let tag = format!("processor-{}", std::process::id());
+/// Consumes on every channel until one of them fails or `stop`; then all stop.
+async fn consume(worker: &Arc<Worker>, channels: &[Channel], stop: &mut watch::Receiver<bool>) {
+    let (halt, halted) = watch::channel(false);
+    let mut loops = JoinSet::new();
+    for (n, channel) in channels.iter().enumerate() {
+        let (worker, channel, halted) = (worker.clone(), channel.clone(), halted.clone());
+        loops.spawn(async move { consume_channel(&worker, &channel, n, halted).await });
+    }
+    worker.consuming.store(true, Ordering::SeqCst);
+    worker.metrics.consuming.set(1);
+    tokio::select! {
+        _ = stop.changed() => {}
+        _ = loops.join_next() => {}
+    }
+    // Every loop finishes its batch in flight, acks it, and returns.
+    halt.send_replace(true);
+    while loops.join_next().await.is_some() {}
+}
+
+/// One channel: batches of consecutive deliveries, each settled before the next, so a
+/// `multiple` ack covers exactly one batch.
+async fn consume_channel(
+    worker: &Worker,
+    channel: &Channel,
+    n: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let tag = format!("processor-{}-{n}", std::process::id());
     let mut consumer = match channel
         .basic_consume(
             topology::PROCESSOR_QUEUE.into(),
@@ -94,34 +129,31 @@ async fn consume(worker: &Arc<Worker>, channel: &Channel, stop: &mut watch::Rece
             return;
         }
     };
-    worker.consuming.store(true, Ordering::SeqCst);
-    worker.metrics.consuming.set(1);
-    let slots = Arc::new(Semaphore::new(worker.settings.concurrency));
-    let mut tasks = JoinSet::new();
     loop {
-        tokio::select! {
+        let first = tokio::select! {
             _ = stop.changed() => {
-                // Stop new deliveries; what is in flight finishes below.
+                // No new deliveries; unsettled ones return to the queue on close.
                 let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                break;
+                return;
             }
             next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    let Ok(slot) = slots.clone().acquire_owned().await else { break };
-                    let (worker, channel, stop) = (worker.clone(), channel.clone(), stop.clone());
-                    tasks.spawn(async move {
-                        crate::settle::settle(&worker, &channel, delivery, stop).await;
-                        drop(slot);
-                    });
-                }
+                Some(Ok(delivery)) => delivery,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "delivery stream failed");
-                    break;
+                    return;
                 }
-                None => break,
+                None => return,
             },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        };
+        // Whatever else is already here joins the batch: under load batches fill up,
+        // at low rates an event is applied alone without waiting.
+        let mut batch = vec![first];
+        while batch.len() < worker.settings.batch {
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                _ => break,
+            }
         }
+        crate::batch::process(worker, channel, &batch, &stop).await;
     }
-    while tasks.join_next().await.is_some() {}
 }

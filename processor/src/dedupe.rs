@@ -1,16 +1,16 @@
 //! The Redis fast path of deduplication: a two-phase claim per event.
 //!
-//! Before work: `SET key processing NX GET PX <lease>` in one round trip. If the key
+//! Before work: `SET key processing NX GET PX <lease>` for every event of a batch, in
+//! one pipelined round trip. If the key
 //! was absent we hold the claim; if it says `done` the event is a known duplicate and
 //! the database is not touched. After the commit the key becomes `done` for a long TTL;
 //! on failure the claim is released so a redelivery is not held up.
 //!
 //! Redis is only an accelerator: every error or timeout here means "ask the database",
 //! which is the truth. A `processing` key held by someone else also goes to the
-//! database, whose row lock serialises the two attempts.
+//! database, whose locks serialise the two attempts.
 
 use redis::aio::ConnectionManager;
-use redis::AsyncCommands;
 use std::time::Duration;
 
 const PROCESSING: &str = "processing";
@@ -71,9 +71,9 @@ impl Dedupe {
         )
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Option<T> {
+    async fn run<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> Option<T> {
         let mut conn = self.redis.clone()?;
-        match tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<T>(&mut conn)).await {
+        match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<T>(&mut conn)).await {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "Redis unavailable; using the database alone");
@@ -86,44 +86,62 @@ impl Dedupe {
         }
     }
 
-    pub async fn claim(&self, account_id: &str, event_id: &str) -> Claim {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(account_id, event_id))
-            .arg(PROCESSING)
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(self.lease.as_millis() as u64);
-        match self.run::<Option<String>>(cmd).await {
-            Some(None) => Claim::Claimed,
-            Some(Some(v)) if v == DONE => Claim::Done,
-            _ => Claim::Unknown,
+    /// Claims every `(account, event)` of a batch in one round trip (a pipeline).
+    pub async fn claim(&self, keys: &[(&str, &str)]) -> Vec<Claim> {
+        let mut pipe = redis::pipe();
+        for (account, event) in keys {
+            pipe.cmd("SET")
+                .arg(self.key(account, event))
+                .arg(PROCESSING)
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(self.lease.as_millis() as u64);
+        }
+        match self.run::<Vec<Option<String>>>(pipe).await {
+            Some(answers) if answers.len() == keys.len() => answers
+                .into_iter()
+                .map(|a| match a.as_deref() {
+                    None => Claim::Claimed,
+                    Some(DONE) => Claim::Done,
+                    Some(_) => Claim::Unknown,
+                })
+                .collect(),
+            _ => vec![Claim::Unknown; keys.len()],
         }
     }
 
-    /// Marks the event applied (after the commit).
-    pub async fn done(&self, account_id: &str, event_id: &str) {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.key(account_id, event_id))
-            .arg(DONE)
-            .arg("EX")
-            .arg(self.done_ttl.as_secs().max(1));
-        let _ = self.run::<()>(cmd).await;
+    /// Marks events applied (after the commit), in one round trip.
+    pub async fn done(&self, keys: &[(&str, &str)]) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (account, event) in keys {
+            pipe.cmd("SET")
+                .arg(self.key(account, event))
+                .arg(DONE)
+                .arg("EX")
+                .arg(self.done_ttl.as_secs().max(1))
+                .ignore();
+        }
+        let _ = self.run::<()>(pipe).await;
     }
 
-    /// Drops our claim after a failure, unless it already says `done`.
-    pub async fn release(&self, account_id: &str, event_id: &str) {
-        let Some(mut conn) = self.redis.clone() else {
+    /// Drops our claims after a failure (only keys still saying `processing`).
+    pub async fn release(&self, keys: &[(&str, &str)]) {
+        if keys.is_empty() {
             return;
-        };
-        let key = self.key(account_id, event_id);
-        let release = async {
-            let v: Option<String> = conn.get(&key).await?;
-            if v.as_deref() == Some(PROCESSING) {
-                let _: () = conn.del(&key).await?;
-            }
-            Ok::<(), redis::RedisError>(())
-        };
-        let _ = tokio::time::timeout(REDIS_TIMEOUT, release).await;
+        }
+        let mut pipe = redis::pipe();
+        for (account, event) in keys {
+            pipe.cmd("EVAL")
+                .arg("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end")
+                .arg(1)
+                .arg(self.key(account, event))
+                .arg(PROCESSING)
+                .ignore();
+        }
+        let _ = self.run::<()>(pipe).await;
     }
 }

@@ -2,14 +2,16 @@
 //! payment records in PostgreSQL.
 //!
 //! - [`consumer`]: the RabbitMQ side (connection, prefetch, acks, dead letters);
-//! - [`handle`]: one message: parse, dedupe, apply; [`settle`]: ack, retry later
-//!   ([`retry`]: the delay queues) or dead-letter;
-//! - [`dedupe`]: the Redis fast path; [`apply`]: the database transaction (the truth);
+//! - [`batch`]: a batch of deliveries: parse, dedupe (Redis, one round trip), apply
+//!   (one transaction), ack (`multiple`); [`handle`]: reading one message;
+//!   [`settle`]: retry later ([`retry`]: the delay queues) or dead-letter;
+//! - [`dedupe`]: the Redis fast path; [`apply`]: the batch transaction (the truth);
 //! - [`rule`]: the payment state rule, as pure functions;
 //! - [`api`]: health, readiness and the read API; [`db`]: pool and migrations.
 
 pub mod api;
 pub mod apply;
+pub mod batch;
 pub mod consumer;
 pub mod db;
 pub mod dedupe;

@@ -18,10 +18,12 @@ pub struct Settings {
     pub api_token: Option<Secret>,
     /// `REDIS_KEY_PREFIX` (default `dojo:`): namespaces the dedupe keys.
     pub redis_prefix: String,
-    /// `PROCESSOR_PREFETCH`: unacked deliveries the broker may push at once.
+    /// `PROCESSOR_PREFETCH`: unacked deliveries the broker may push per channel.
     pub prefetch: u16,
-    /// `PROCESSOR_CONCURRENCY`: deliveries processed in parallel.
-    pub concurrency: usize,
+    /// `PROCESSOR_CHANNELS`: consuming channels, each committing one batch at a time.
+    pub channels: usize,
+    /// `PROCESSOR_BATCH`: most deliveries applied in one transaction.
+    pub batch: usize,
     /// `PROCESSOR_DB_POOL`: PostgreSQL connections.
     pub db_pool: u32,
     /// `PROCESSOR_CLAIM_LEASE_MS`: how long a Redis `processing` claim lives if its holder dies.
@@ -39,11 +41,13 @@ impl Settings {
     }
 
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
-        let concurrency = parsed(src, "PROCESSOR_CONCURRENCY", 16usize)?;
-        let prefetch = parsed(src, "PROCESSOR_PREFETCH", 64u16)?;
-        if concurrency == 0 || prefetch == 0 {
+        let channels = parsed(src, "PROCESSOR_CHANNELS", 4usize)?;
+        let batch = parsed(src, "PROCESSOR_BATCH", 256usize)?;
+        let prefetch = parsed(src, "PROCESSOR_PREFETCH", 512u16)?;
+        if channels == 0 || batch == 0 || prefetch == 0 {
             return Err(ConfigError(
-                "PROCESSOR_CONCURRENCY and PROCESSOR_PREFETCH must be at least 1".into(),
+                "PROCESSOR_CHANNELS, PROCESSOR_BATCH and PROCESSOR_PREFETCH must be at least 1"
+                    .into(),
             ));
         }
         Ok(Self {
@@ -58,7 +62,8 @@ impl Settings {
             api_token: optional(src, "PROCESSOR_API_TOKEN").map(Secret::new),
             redis_prefix: or_default(src, "REDIS_KEY_PREFIX", "dojo:"),
             prefetch,
-            concurrency,
+            channels,
+            batch,
             db_pool: parsed(src, "PROCESSOR_DB_POOL", 16u32)?,
             claim_lease: Duration::from_millis(parsed(src, "PROCESSOR_CLAIM_LEASE_MS", 30_000)?),
             done_ttl: Duration::from_secs(parsed(src, "PROCESSOR_DONE_TTL_SECS", 7 * 24 * 3600)?),
@@ -89,7 +94,7 @@ mod tests {
 
     #[test]
     fn zero_concurrency_is_refused() {
-        let src: HashMap<String, String> = [("PROCESSOR_CONCURRENCY".into(), "0".into())].into();
+        let src: HashMap<String, String> = [("PROCESSOR_CHANNELS".into(), "0".into())].into();
         assert!(Settings::from_source(&src).is_err());
     }
 }

@@ -1,0 +1,383 @@
+//! One batch of deliveries from one channel, from parse to settlement.
+//!
+//! Per delivery: a consume span (child of ingress's publish span), parse; what can never
+//! be processed is dead-lettered on its own and never fails the batch. For the rest:
+//! one Redis round trip for the claims, one PostgreSQL transaction for the events the
+//! Redis markers did not rule out, one Redis round trip for the `done` markers, then one
+//! `multiple` ack. A transient database failure is retried at once twice, then every
+//! event of the batch goes to its delay queue; a permanent one is isolated by applying
+//! the events one by one, so only the bad event is dead-lettered.
+
+use crate::apply::{apply, Incoming};
+use crate::dedupe::Claim;
+use crate::handle::{parse, traceparent, Verdict};
+use crate::rule::Outcome;
+use crate::settle::{dead_letter, retry_later};
+use crate::Worker;
+use common::telemetry::{adopt, Ids};
+use common::topology;
+use common::{DojoEvent, Envelope};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::Channel;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+fn consume_span(delivery: &Delivery) -> (tracing::Span, Ids) {
+    let span = tracing::info_span!(
+        "consume",
+        otel.name = "process dojo.events.processor",
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = topology::PROCESSOR_QUEUE,
+        messaging.message.id = delivery.properties.message_id().as_ref().map(|m| m.as_str()).unwrap_or(""),
+        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
+        dojo.event.id = tracing::field::Empty,
+        dojo.event.type = tracing::field::Empty,
+        dojo.account.id = tracing::field::Empty,
+        dojo.payment_intent.id = tracing::field::Empty,
+        dojo.outcome = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+    );
+    let ids = adopt(
+        &span,
+        traceparent(delivery.properties.headers().as_ref()).as_deref(),
+    );
+    (span, ids)
+}
+
+/// A delivery that parsed.
+struct Item<'a> {
+    delivery: &'a Delivery,
+    span: tracing::Span,
+    ids: Ids,
+    envelope: Envelope<'a>,
+    event: DojoEvent,
+}
+
+impl Item<'_> {
+    fn key(&self) -> (&str, &str) {
+        (self.event.account_id.as_str(), self.event.id.as_str())
+    }
+
+    fn incoming(&self) -> Incoming<'_> {
+        Incoming {
+            event: &self.event,
+            channel: self.envelope.channel,
+            received_at: self.envelope.received_at,
+            payload: self.envelope.event.get(),
+        }
+    }
+}
+
+/// Processes and settles `deliveries` (consecutive deliveries of `channel`).
+pub async fn process(
+    worker: &Worker,
+    channel: &Channel,
+    deliveries: &[Delivery],
+    stop: &watch::Receiver<bool>,
+) {
+    let started = Instant::now();
+    let mut items = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        let (span, ids) = consume_span(delivery);
+        match parse(&delivery.data) {
+            Ok((envelope, event)) => {
+                span.record("dojo.event.id", event.id.as_str());
+                span.record("dojo.event.type", event.event.as_str());
+                span.record("dojo.account.id", event.account_id.as_str());
+                if let Some(pi) = &event.data.payment_intent_id {
+                    span.record("dojo.payment_intent.id", pi.as_str());
+                }
+                items.push(Item {
+                    delivery,
+                    span,
+                    ids,
+                    envelope,
+                    event,
+                });
+            }
+            Err(reason) => {
+                let _inside = span.enter();
+                tracing::warn!(error = %reason, "unprocessable message");
+                settle_one(worker, channel, delivery, &span, Verdict::Dead(reason))
+                    .in_current_span()
+                    .await;
+            }
+        }
+    }
+    if items.is_empty() {
+        return;
+    }
+    let outcomes = decide(worker, channel, &items, stop).await;
+    let mut last_ack = None;
+    for (item, outcome) in items.iter().zip(&outcomes) {
+        worker
+            .metrics
+            .processing
+            .observe(started.elapsed().as_secs_f64());
+        // `None`: settled on its own already (retried, dead-lettered or requeued).
+        if let Some(outcome) = outcome {
+            record(worker, item, *outcome);
+            last_ack = Some(item.delivery.delivery_tag);
+        }
+    }
+    if let Some(tag) = last_ack {
+        // Every unsettled delivery of this channel up to `tag` is in this batch and done.
+        let acked = channel
+            .basic_ack(tag, BasicAckOptions { multiple: true })
+            .await;
+        match acked {
+            Ok(()) => {
+                let n = outcomes.iter().filter(|o| o.is_some()).count() as u64;
+                worker.settled.fetch_add(n, Ordering::SeqCst);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not ack a batch; it will be redelivered"),
+        }
+    }
+}
+
+/// The outcome of each item to be acked with the batch, or `None` for those settled on
+/// their own.
+async fn decide(
+    worker: &Worker,
+    channel: &Channel,
+    items: &[Item<'_>],
+    stop: &watch::Receiver<bool>,
+) -> Vec<Option<Outcome>> {
+    let keys: Vec<(&str, &str)> = items.iter().map(Item::key).collect();
+    let claims = worker
+        .dedupe
+        .claim(&keys)
+        .instrument(crate::client_span!(
+            "redis SET NX",
+            "redis",
+            "SET",
+            &items[0].ids
+        ))
+        .await;
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
+    let mut todo = Vec::new();
+    for (i, claim) in claims.iter().enumerate() {
+        if *claim == Claim::Done {
+            worker
+                .metrics
+                .dedupe_hits
+                .with_label_values(&["redis"])
+                .inc();
+            outcomes[i] = Some(Outcome::Duplicate);
+        } else {
+            todo.push(i);
+        }
+    }
+    if todo.is_empty() {
+        return outcomes;
+    }
+    match apply_with_retries(worker, items, &todo, stop).await {
+        Ok(applied) => {
+            for (&i, outcome) in todo.iter().zip(applied) {
+                if outcome == Outcome::Duplicate {
+                    worker
+                        .metrics
+                        .dedupe_hits
+                        .with_label_values(&["database"])
+                        .inc();
+                }
+                outcomes[i] = Some(outcome);
+            }
+            let done: Vec<(&str, &str)> = todo.iter().map(|&i| keys[i]).collect();
+            worker
+                .dedupe
+                .done(&done)
+                .instrument(crate::client_span!(
+                    "redis SET done",
+                    "redis",
+                    "SET",
+                    &items[0].ids
+                ))
+                .await;
+        }
+        Err(failure) => {
+            let held: Vec<(&str, &str)> = todo.iter().map(|&i| keys[i]).collect();
+            worker.dedupe.release(&held).await;
+            match failure {
+                Failure::Stopping => {
+                    for &i in &todo {
+                        settle_one(
+                            worker,
+                            channel,
+                            items[i].delivery,
+                            &items[i].span,
+                            Verdict::Requeue,
+                        )
+                        .await;
+                    }
+                }
+                Failure::Transient(error) => {
+                    for &i in &todo {
+                        let verdict = Verdict::Retry(error.clone());
+                        settle_one(worker, channel, items[i].delivery, &items[i].span, verdict)
+                            .await;
+                    }
+                }
+                Failure::Permanent(_) if todo.len() > 1 => {
+                    // Find the culprit: one by one, each settled on its own.
+                    for &i in &todo {
+                        let single = [i];
+                        let verdict = match apply_with_retries(worker, items, &single, stop).await {
+                            Ok(o) => {
+                                worker.dedupe.done(&[keys[i]]).await;
+                                outcomes[i] = Some(o[0]);
+                                continue;
+                            }
+                            Err(Failure::Stopping) => Verdict::Requeue,
+                            Err(Failure::Transient(e)) => Verdict::Retry(e),
+                            Err(Failure::Permanent(e)) => Verdict::Dead(e),
+                        };
+                        settle_one(worker, channel, items[i].delivery, &items[i].span, verdict)
+                            .await;
+                    }
+                }
+                Failure::Permanent(error) => {
+                    settle_one(
+                        worker,
+                        channel,
+                        items[todo[0]].delivery,
+                        &items[todo[0]].span,
+                        Verdict::Dead(error),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+    outcomes
+}
+
+enum Failure {
+    Stopping,
+    Transient(String),
+    Permanent(String),
+}
+
+/// Applies the items at `which` in one transaction; a blip (deadlock, dropped
+/// connection) is retried at once, twice.
+async fn apply_with_retries(
+    worker: &Worker,
+    items: &[Item<'_>],
+    which: &[usize],
+    stop: &watch::Receiver<bool>,
+) -> Result<Vec<Outcome>, Failure> {
+    let batch: Vec<Incoming> = which.iter().map(|&i| items[i].incoming()).collect();
+    let mut quick = [Duration::from_millis(50), Duration::from_millis(250)].into_iter();
+    let mut stop = stop.clone();
+    loop {
+        let span = crate::client_span!(
+            "postgresql apply event",
+            "postgresql",
+            "INSERT",
+            &items[which[0]].ids
+        );
+        span.record("messaging.batch.message_count", batch.len());
+        match apply(&worker.pool, &batch).instrument(span).await {
+            Ok(outcomes) => return Ok(outcomes),
+            Err(e) if crate::db::is_transient(&e) => match quick.next() {
+                Some(pause) => {
+                    tracing::debug!(error = %e, "transient failure; retrying at once");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stop.changed() => return Err(Failure::Stopping),
+                    }
+                }
+                None => {
+                    tracing::warn!(error = %e, events = batch.len(), "database unavailable; retrying later");
+                    return Err(Failure::Transient(e.to_string()));
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, events = batch.len(), "the database rejected the batch");
+                return Err(Failure::Permanent(format!(
+                    "database rejected the event: {e}"
+                )));
+            }
+        }
+    }
+}
+
+fn record(worker: &Worker, item: &Item<'_>, outcome: Outcome) {
+    item.span.record("dojo.outcome", outcome.as_str());
+    worker
+        .metrics
+        .processed
+        .with_label_values(&[outcome.as_str()])
+        .inc();
+    if outcome != Outcome::Duplicate {
+        let lag = chrono::Utc::now() - item.event.created_at.as_utc();
+        worker.metrics.lag.observe(lag.as_seconds_f64().max(0.0));
+    }
+    let _inside = item.span.enter();
+    tracing::info!(
+        event_id = %item.event.id,
+        event_type = %item.event.event,
+        account_id = %item.event.account_id,
+        payment_intent_id = item.event.data.payment_intent_id.as_deref().unwrap_or(""),
+        outcome = outcome.as_str(),
+        "event processed"
+    );
+}
+
+/// Settles one delivery on its own: requeue, retry later, or dead-letter (then ack).
+async fn settle_one(
+    worker: &Worker,
+    channel: &Channel,
+    delivery: &Delivery,
+    span: &tracing::Span,
+    verdict: Verdict,
+) {
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    let moved = match &verdict {
+        Verdict::Ack | Verdict::Requeue => Ok(()),
+        Verdict::Dead(reason) => {
+            span.record("dojo.outcome", "dead");
+            span.record("otel.status_code", "ERROR");
+            worker.metrics.processed.with_label_values(&["dead"]).inc();
+            dead_letter(channel, delivery, reason)
+                .instrument(span.clone())
+                .await
+        }
+        Verdict::Retry(error) => {
+            span.record("dojo.outcome", "retried");
+            worker
+                .metrics
+                .processed
+                .with_label_values(&["retried"])
+                .inc();
+            retry_later(worker, channel, delivery, error)
+                .instrument(span.clone())
+                .await
+        }
+    };
+    let settled = match (&verdict, moved) {
+        (Verdict::Requeue, _) => delivery.nack(requeue).await.map(|_| false),
+        (_, Ok(())) => delivery.ack(BasicAckOptions::default()).await.map(|_| true),
+        (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot move the message; requeueing it");
+            delivery.nack(requeue).await.map(|_| false)
+        }
+    };
+    match settled {
+        Ok(true) => {
+            worker.settled.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "could not settle a delivery; it will be redelivered"),
+    }
+}
