@@ -111,10 +111,12 @@ pub async fn process(
             }
         }
     }
+    stage(worker, "parse", started);
     if items.is_empty() {
         return;
     }
     let outcomes = decide(worker, channel, &items, stop).await;
+    let acking = Instant::now();
     let mut last_ack = None;
     for (item, outcome) in items.iter().zip(&outcomes) {
         worker
@@ -139,7 +141,16 @@ pub async fn process(
             }
             Err(e) => tracing::warn!(error = %e, "could not ack a batch; it will be redelivered"),
         }
+        stage(worker, "ack", acking);
     }
+}
+
+fn stage(worker: &Worker, name: &str, since: Instant) {
+    worker
+        .metrics
+        .stage
+        .with_label_values(&[name])
+        .observe(since.elapsed().as_secs_f64());
 }
 
 /// The outcome of each item to be acked with the batch, or `None` for those settled on
@@ -151,6 +162,7 @@ async fn decide(
     stop: &watch::Receiver<bool>,
 ) -> Vec<Option<Outcome>> {
     let keys: Vec<(&str, &str)> = items.iter().map(Item::key).collect();
+    let claiming = Instant::now();
     let claims = worker
         .dedupe
         .claim(&keys)
@@ -161,6 +173,7 @@ async fn decide(
             &items[0].ids
         ))
         .await;
+    stage(worker, "redis_claim", claiming);
     let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
     let mut todo = Vec::new();
     for (i, claim) in claims.iter().enumerate() {
@@ -178,7 +191,10 @@ async fn decide(
     if todo.is_empty() {
         return outcomes;
     }
-    match apply_with_retries(worker, items, &todo, stop).await {
+    let applying = Instant::now();
+    let applied = apply_with_retries(worker, items, &todo, stop).await;
+    stage(worker, "db_apply", applying);
+    match applied {
         Ok(applied) => {
             for (&i, outcome) in todo.iter().zip(applied) {
                 if outcome == Outcome::Duplicate {

@@ -1,7 +1,9 @@
 //! Processor metrics, served at `/metrics` in Prometheus text format.
 
-use common::metrics::{counter, counter_vec, gauge, histogram, LAG_BUCKETS, LATENCY_BUCKETS};
-use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+use common::metrics::{
+    counter, counter_vec, gauge, histogram, histogram_vec, LAG_BUCKETS, LATENCY_BUCKETS,
+};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -15,6 +17,10 @@ pub struct Metrics {
     pub dedupe_hits: IntCounterVec,
     pub consuming: IntGauge,
     pub broker_reconnects: IntCounter,
+    /// Where a batch's time goes: parse, redis_claim, db_apply, redis_done, ack.
+    pub stage: HistogramVec,
+    /// Deliveries per batch.
+    pub batch_size: Histogram,
 }
 
 impl Default for Metrics {
@@ -49,6 +55,19 @@ impl Default for Metrics {
                 &registry,
                 "dojo_processor_consuming",
                 "1 while a consumer is attached to the work queue",
+            ),
+            stage: histogram_vec(
+                &registry,
+                "dojo_processor_stage_seconds",
+                "Time per batch stage",
+                &["stage"],
+                LATENCY_BUCKETS,
+            ),
+            batch_size: histogram(
+                &registry,
+                "dojo_processor_batch_size",
+                "Deliveries per batch",
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
             ),
             broker_reconnects: counter(
                 &registry,

@@ -1,0 +1,362 @@
+//! `dojo-bench`: the project's throughput and latency next to the machine's own limits,
+//! measured in one run on the services of this machine (each step on its own RabbitMQ
+//! vhost, database and Redis prefix).
+//!
+//! ```text
+//! cargo build --release -p ingress -p processor -p bench
+//! target/release/dojo-bench all            # everything, then one table
+//! target/release/dojo-bench ingress --concurrency 64 --count 100000
+//! target/release/dojo-bench drain --count 100000
+//! target/release/dojo-bench e2e --rate 5000 --seconds 60
+//! ```
+
+mod baseline;
+mod load;
+mod procs;
+mod stats;
+
+use clap::{Parser, Subcommand};
+use e2e::isolation::Services;
+use load::Mode;
+use stats::{percentiles, print_table, Row};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "dojo-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every measurement below, then the table of ratios.
+    All {
+        #[arg(long, default_value_t = 60)]
+        e2e_seconds: u64,
+    },
+    /// The machine's limits only.
+    Baselines,
+    /// Ingress, closed loop: signed webhooks (and some REST) at a fixed concurrency.
+    Ingress {
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+    },
+    /// Ingress, open loop at a fixed rate: ack latency percentiles.
+    IngressOpen {
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// Processor drain: N deliveries waiting in the queue, time until all committed.
+    Drain {
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+    },
+    /// End to end at a sustained rate: ack-to-commit lag, nothing lost or doubled.
+    E2e {
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+}
+
+struct Limits {
+    publish: f64,
+    consume: f64,
+    postgres: f64,
+    redis: f64,
+}
+
+async fn baselines() -> anyhow::Result<Limits> {
+    let services = Services::new().await?;
+    let amqp = services.vhost.amqp_url();
+    let publish = baseline::confirmed_publish(&amqp, 64, 100_000).await?;
+    println!(
+        "raw confirmed publish: {:.0} msg/s ({})",
+        publish.per_second, publish.detail
+    );
+    let consume = baseline::consume_ack(&amqp, 100_000).await?;
+    println!(
+        "raw consume and ack: {:.0} msg/s ({})",
+        consume.per_second, consume.detail
+    );
+    let postgres = baseline::batched_postgres(&services.db.url(), 16, 200_000).await?;
+    println!(
+        "raw batched PostgreSQL writes: {:.0} events/s ({})",
+        postgres.per_second, postgres.detail
+    );
+    let redis = baseline::redis_claims("redis://127.0.0.1:6379", 4, 400_000).await?;
+    println!(
+        "raw Redis claims: {:.0} ops/s ({})",
+        redis.per_second, redis.detail
+    );
+    Ok(Limits {
+        publish: publish.per_second,
+        consume: consume.per_second,
+        postgres: postgres.per_second,
+        redis: redis.per_second,
+    })
+}
+
+/// Unique lifecycles with about 10% duplicates, as many deliveries as asked.
+fn deliveries(count: usize, seed: u64) -> Vec<simulator::Event> {
+    let mut s =
+        simulator::scenario::lifecycles(&format!("acc_bench_{seed}"), count / 2 + 10, 0.1, seed);
+    s.deliveries.truncate(count);
+    s.deliveries
+}
+
+fn prepared(count: usize, seed: u64) -> Arc<Vec<load::Prepared>> {
+    Arc::new(load::prepare(
+        &deliveries(count, seed),
+        procs::SECRET,
+        procs::REST_USER,
+        procs::REST_PASSWORD,
+        10,
+    ))
+}
+
+async fn ingress_closed(concurrency: usize, count: usize) -> anyhow::Result<(load::Report, f64)> {
+    let services = Services::new().await?;
+    let ingress = procs::ingress(&services)?;
+    ingress.ready().await?;
+    let requests = prepared(count, 1);
+    let report = load::run(&ingress.url, requests, Mode::Closed { concurrency }).await;
+    let rss = ingress.peak_rss_mib();
+    println!(
+        "ingress closed loop ({concurrency} connections): {:.0} req/s, {} ok, {} errors, ack {}, peak RSS {rss:.0} MiB",
+        report.rate(), report.ok, report.errors, percentiles(&report.latency)
+    );
+    ingress.stop();
+    Ok((report, rss))
+}
+
+async fn ingress_open(rate: f64, seconds: u64) -> anyhow::Result<load::Report> {
+    let services = Services::new().await?;
+    let ingress = procs::ingress(&services)?;
+    ingress.ready().await?;
+    let requests = prepared((rate * seconds as f64) as usize, 2);
+    let report = load::run(&ingress.url, requests, Mode::Open { rate }).await;
+    println!(
+        "ingress open loop at {rate:.0}/s for {seconds} s: {} ok, {} errors, ack {}",
+        report.ok,
+        report.errors,
+        percentiles(&report.latency)
+    );
+    ingress.stop();
+    Ok(report)
+}
+
+async fn drain(count: usize) -> anyhow::Result<(f64, String, f64)> {
+    let services = Services::new().await?;
+    let events = deliveries(count, 3);
+    let distinct: std::collections::HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    // Queue the backlog as ingress would (envelopes, persistent, confirmed).
+    let conn = lapin::Connection::connect(&services.vhost.amqp_url(), Default::default()).await?;
+    let channel = conn.create_channel().await?;
+    common::topology::declare(&channel).await?;
+    channel.confirm_select(Default::default()).await?;
+    for e in &events {
+        let raw = serde_json::value::RawValue::from_string(e.body())?;
+        let body =
+            common::Envelope::new(common::Channel::Webhook, Default::default(), &raw).to_bytes();
+        let confirm = channel
+            .basic_publish(
+                common::topology::EXCHANGE.into(),
+                e.kind.as_str().into(),
+                Default::default(),
+                &body,
+                lapin::BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(e.id.as_str().into()),
+            )
+            .await?;
+        drop(confirm);
+    }
+    channel.wait_for_confirms().await?;
+    let _ = conn.close(200, "queued".into()).await;
+
+    let processor = procs::processor(&services)?;
+    let started = processor.ready().await?;
+    let pool = sqlx::PgPool::connect(&services.db.url()).await?;
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dojo_events")
+            .fetch_one(&pool)
+            .await?;
+        if n as usize >= distinct.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    let rate = count as f64 / elapsed.as_secs_f64();
+    let page = processor.metrics().await;
+    // Each of the 4 channels commits one batch at a time: stage time over 4 x wall time
+    // is the share of the channels' time spent in that stage.
+    let channel_time = 4.0 * elapsed.as_secs_f64();
+    let breakdown: Vec<String> = ["parse", "redis_claim", "db_apply", "redis_done", "ack"]
+        .iter()
+        .map(|stage| {
+            let (sum, _) = procs::sum_count(
+                &page,
+                "dojo_processor_stage_seconds",
+                &format!("stage=\"{stage}\""),
+            );
+            format!("{stage} {:.0}%", 100.0 * sum / channel_time)
+        })
+        .collect();
+    let (size_sum, size_count) = procs::sum_count(&page, "dojo_processor_batch_size", "");
+    let rss = processor.peak_rss_mib();
+    let detail = format!(
+        "{} batches, {:.0} deliveries per batch on average; share of the 4 channels' time per stage: {}",
+        size_count,
+        size_sum / size_count.max(1.0),
+        breakdown.join(", ")
+    );
+    println!("processor drain of {count} deliveries ({} distinct): {:.2} s, {rate:.0} events/s; {detail}; peak RSS {rss:.0} MiB", distinct.len(), elapsed.as_secs_f64());
+    assert!(processor.stop(), "processor exits 0 on SIGTERM");
+    Ok((rate, detail, rss))
+}
+
+async fn end_to_end(rate: f64, seconds: u64) -> anyhow::Result<(f64, f64, f64, f64)> {
+    let services = Services::new().await?;
+    let ingress = procs::ingress(&services)?;
+    let processor = procs::processor(&services)?;
+    ingress.ready().await?;
+    processor.ready().await?;
+    let requests = prepared((rate * seconds as f64) as usize, 4);
+    let report = load::run(&ingress.url, requests.clone(), Mode::Open { rate }).await;
+    // First acknowledgement of each distinct event.
+    let mut first_ack = std::collections::HashMap::new();
+    for (p, at) in requests.iter().zip(&report.acked_at) {
+        if let Some(at) = at {
+            first_ack
+                .entry(p.event_id.clone())
+                .and_modify(|t: &mut std::time::SystemTime| *t = (*t).min(*at))
+                .or_insert(*at);
+        }
+    }
+    let pool = sqlx::PgPool::connect(&services.db.url()).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> = loop {
+        let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+            sqlx::query_as("SELECT event_id, processed_at FROM dojo_events")
+                .fetch_all(&pool)
+                .await?;
+        if rows.len() >= first_ack.len() || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut lag = stats::histogram();
+    for (id, committed) in &rows {
+        if let Some(acked) = first_ack.get(id) {
+            let acked: chrono::DateTime<chrono::Utc> = (*acked).into();
+            stats::record(&mut lag, (*committed - acked).to_std().unwrap_or_default());
+        }
+    }
+    let lost = first_ack.len().saturating_sub(rows.len());
+    let (ingress_rss, processor_rss) = (ingress.peak_rss_mib(), processor.peak_rss_mib());
+    println!(
+        "end to end at {rate:.0}/s for {seconds} s: {} sent, {} acknowledged, {} errors, {} distinct acknowledged, {} committed ({} rows per event at most: primary key), {lost} lost; ack {}; ack to commit {}; peak RSS ingress {ingress_rss:.0} MiB, processor {processor_rss:.0} MiB",
+        report.sent, report.ok, report.errors, first_ack.len(), rows.len(), 1, percentiles(&report.latency), percentiles(&lag)
+    );
+    ingress.stop();
+    processor.stop();
+    Ok((
+        lag.value_at_quantile(0.99) as f64 / 1000.0,
+        report.rate(),
+        ingress_rss,
+        processor_rss,
+    ))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Baselines => {
+            baselines().await?;
+        }
+        Command::Ingress { concurrency, count } => {
+            ingress_closed(concurrency, count).await?;
+        }
+        Command::IngressOpen { rate, seconds } => {
+            ingress_open(rate, seconds).await?;
+        }
+        Command::Drain { count } => {
+            drain(count).await?;
+        }
+        Command::E2e { rate, seconds } => {
+            end_to_end(rate, seconds).await?;
+        }
+        Command::All { e2e_seconds } => {
+            let limits = baselines().await?;
+            let (closed, ingress_rss) = ingress_closed(64, 100_000).await?;
+            let open = ingress_open(5000.0, 20).await?;
+            let (drained, detail, processor_rss) = drain(100_000).await?;
+            let (lag_p99, e2e_rate, e2e_ingress_rss, e2e_processor_rss) =
+                end_to_end(5000.0, e2e_seconds).await?;
+            let processor_limit = limits.consume.min(limits.postgres);
+            let limit_name = if limits.consume < limits.postgres {
+                "raw consume and ack"
+            } else {
+                "raw batched PostgreSQL"
+            };
+            print_table(&[
+                Row {
+                    what: "ingress, signed webhooks, 64 connections".into(),
+                    project: closed.rate(),
+                    limit: Some(("raw confirmed publish".into(), limits.publish)),
+                    unit: "/s",
+                    note: format!(
+                        "{} errors; ack {}",
+                        closed.errors,
+                        percentiles(&closed.latency)
+                    ),
+                },
+                Row {
+                    what: "ingress ack p99 at 5,000/s open loop".into(),
+                    project: open.latency.value_at_quantile(0.99) as f64 / 1000.0,
+                    limit: None,
+                    unit: "ms",
+                    note: format!("{} errors", open.errors),
+                },
+                Row {
+                    what: "processor drain".into(),
+                    project: drained,
+                    limit: Some((limit_name.into(), processor_limit)),
+                    unit: "events/s",
+                    note: detail,
+                },
+                Row {
+                    what: "raw Redis claims".into(),
+                    project: limits.redis,
+                    limit: None,
+                    unit: "ops/s",
+                    note: "the dedupe fast path's ceiling".into(),
+                },
+                Row {
+                    what: format!("end to end at 5,000/s for {e2e_seconds} s, ack to commit p99"),
+                    project: lag_p99,
+                    limit: None,
+                    unit: "ms",
+                    note: format!("{e2e_rate:.0}/s acknowledged"),
+                },
+                Row {
+                    what: "peak RSS (ingress / processor)".into(),
+                    project: ingress_rss.max(e2e_ingress_rss),
+                    limit: None,
+                    unit: "MiB",
+                    note: format!("processor {:.0} MiB", processor_rss.max(e2e_processor_rss)),
+                },
+            ]);
+        }
+    }
+    Ok(())
+}

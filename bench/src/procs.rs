@@ -1,0 +1,142 @@
+//! The services under test, as their real release binaries.
+
+use anyhow::Context;
+use e2e::isolation::Services;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SECRET: &str = "bench-webhook-secret";
+pub const REST_USER: &str = "dojo";
+pub const REST_PASSWORD: &str = "bench-pass";
+pub const API_TOKEN: &str = "bench-token";
+
+pub struct Proc {
+    child: Child,
+    pub url: String,
+}
+
+/// A binary next to this one (build with `cargo build --release -p ingress -p processor -p bench`).
+fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: build it next to dojo-bench",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+pub fn ingress(services: &Services) -> anyhow::Result<Proc> {
+    let port = free_port()?;
+    let child = Command::new(bin("ingress")?)
+        .env("INGRESS_ADDR", format!("127.0.0.1:{port}"))
+        .env("AMQP_URL", services.vhost.amqp_url())
+        .env("DOJO_WEBHOOK_SECRETS", SECRET)
+        .env("DOJO_REST_USERNAME", REST_USER)
+        .env("DOJO_REST_PASSWORD", REST_PASSWORD)
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .context("ingress")?;
+    Ok(Proc {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    })
+}
+
+pub fn processor(services: &Services) -> anyhow::Result<Proc> {
+    let port = free_port()?;
+    let child = Command::new(bin("processor")?)
+        .env("PROCESSOR_ADDR", format!("127.0.0.1:{port}"))
+        .env("AMQP_URL", services.vhost.amqp_url())
+        .env("DATABASE_URL", services.db.url())
+        .env("REDIS_KEY_PREFIX", &services.redis_prefix)
+        .env("PROCESSOR_DONE_TTL_SECS", "600")
+        .env("PROCESSOR_API_TOKEN", API_TOKEN)
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .context("processor")?;
+    Ok(Proc {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    })
+}
+
+impl Proc {
+    /// Waits for `/readyz` 200; returns when it was first seen.
+    pub async fn ready(&self) -> anyhow::Result<Instant> {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = http.get(format!("{}/readyz", self.url)).send().await {
+                if r.status().is_success() {
+                    return Ok(Instant::now());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        anyhow::bail!("{} never became ready", self.url)
+    }
+
+    /// Peak resident memory so far (VmHWM), in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+            .unwrap_or(0.0)
+    }
+
+    pub async fn metrics(&self) -> String {
+        match reqwest::get(format!("{}/metrics", self.url)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// SIGTERM and wait; true if it exited 0.
+    pub fn stop(mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// The `_sum` and `_count` of a Prometheus histogram (with these labels) in a page.
+pub fn sum_count(page: &str, name: &str, labels: &str) -> (f64, f64) {
+    let value = |suffix: &str| {
+        let series = if labels.is_empty() {
+            format!("{name}{suffix} ")
+        } else {
+            format!("{name}{suffix}{{{labels}}} ")
+        };
+        page.lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (value("_sum"), value("_count"))
+}
