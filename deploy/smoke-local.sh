@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # The local run, checked end to end: start both services with deploy/run-local.sh
-# against this machine's RabbitMQ, Redis and PostgreSQL (a fresh database, created by
-# the processor), send one signed webhook with curl, see it in the database, stop.
+# against this machine's RabbitMQ (a vhost of its own), Redis and PostgreSQL (a fresh
+# database, created by the processor), send one signed webhook with curl, see it in the
+# database, stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 db=dojo_events_smoke
+vhost=dojo-events-smoke-$$
 psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+# A vhost of its own: the run starts from an empty broker, whatever else this machine ran.
+rabbitmqctl -q add_vhost "$vhost" >/dev/null
+rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
+export AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost"
 export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db
 export INGRESS_ADDR=127.0.0.1:18180 PROCESSOR_ADDR=127.0.0.1:18181
 export DOJO_WEBHOOK_SECRETS=ws_OYsyzcrH70GpJfs8MMkKpg RUST_LOG=warn
 PROFILE=${PROFILE:-dev} deploy/run-local.sh > /tmp/dojo-events-smoke.log 2>&1 &
 runner=$!
-trap 'kill -TERM $runner 2>/dev/null || true' EXIT
+trap 'kill -TERM $runner 2>/dev/null || true; rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true' EXIT
 
 for _ in $(seq 1 300); do
   curl -sf http://127.0.0.1:18180/readyz >/dev/null && curl -sf http://127.0.0.1:18181/readyz >/dev/null && break
@@ -37,6 +43,7 @@ done
 kill -TERM $runner
 wait $runner
 trap - EXIT
+rabbitmqctl -q delete_vhost "$vhost" >/dev/null
 if pgrep -f "target/.*/(ingress|processor)$" >/dev/null; then echo "smoke: services still running"; exit 1; fi
 psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
 echo "smoke: local run started, accepted a signed webhook, recorded it (Created/Auto), stopped cleanly"

@@ -36,41 +36,113 @@ async fn quorum_queue(channel: &Channel, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How a baseline publish is shaped.
+#[derive(Clone, Copy)]
+pub enum Shape {
+    /// What the issue measured: 300 bytes, default exchange, no headers.
+    Raw,
+    /// What ingress sends: an envelope-sized body through a topic exchange, mandatory,
+    /// with a message id and a `traceparent` header.
+    LikeIngress,
+}
+
 /// `publishers` tasks share one confirm-mode channel, each awaiting its own confirm
-/// before its next publish: persistent 300-byte messages into a quorum queue.
+/// before its next publish: persistent messages into a quorum queue.
 pub async fn confirmed_publish(
     amqp: &str,
     publishers: usize,
     count: usize,
+    shape: Shape,
 ) -> anyhow::Result<Rate> {
     let conn = Connection::connect(amqp, Default::default()).await?;
     let channel = conn.create_channel().await?;
     quorum_queue(&channel, "bench.publish").await?;
+    let (exchange, key, size, mandatory) = match shape {
+        Shape::Raw => ("", "bench.publish", 300, false),
+        Shape::LikeIngress => {
+            let kind = match std::env::var("BENCH_EXCHANGE").as_deref() {
+                Ok("direct") => lapin::ExchangeKind::Direct,
+                Ok("fanout") => lapin::ExchangeKind::Fanout,
+                _ => lapin::ExchangeKind::Topic,
+            };
+            let binding = if matches!(kind, lapin::ExchangeKind::Topic) {
+                "#"
+            } else {
+                "payment_intent.created"
+            };
+            channel
+                .exchange_declare(
+                    "bench.topic".into(),
+                    kind,
+                    Default::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    "bench.publish".into(),
+                    "bench.topic".into(),
+                    binding.into(),
+                    Default::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            ("bench.topic", "payment_intent.created", 520, true)
+        }
+    };
+    let properties = match shape {
+        Shape::Raw => BasicProperties::default().with_delivery_mode(2),
+        Shape::LikeIngress => {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "traceparent".into(),
+                AMQPValue::LongString(
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                ),
+            );
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id("evt_0123456789abcdefghij".into())
+                .with_headers(headers)
+        }
+    };
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let body = Arc::new(vec![b'x'; 300]);
+    let body = Arc::new(vec![b'x'; size]);
     let latencies = Arc::new(Mutex::new(histogram()));
     let started = Instant::now();
     let per = count / publishers;
     let tasks: Vec<_> = (0..publishers)
         .map(|_| {
-            let (channel, body, latencies) = (channel.clone(), body.clone(), latencies.clone());
+            let (channel, body, latencies, properties) = (
+                channel.clone(),
+                body.clone(),
+                latencies.clone(),
+                properties.clone(),
+            );
             tokio::spawn(async move {
                 let mut local = histogram();
                 for _ in 0..per {
                     let t = Instant::now();
                     let confirm = channel
                         .basic_publish(
-                            "".into(),
-                            "bench.publish".into(),
-                            BasicPublishOptions::default(),
+                            exchange.into(),
+                            key.into(),
+                            BasicPublishOptions {
+                                mandatory,
+                                ..Default::default()
+                            },
                             &body,
-                            BasicProperties::default().with_delivery_mode(2),
+                            properties.clone(),
                         )
                         .await?
                         .await?;
-                    anyhow::ensure!(confirm.is_ack(), "nack");
+                    anyhow::ensure!(
+                        confirm.is_ack() && confirm.take_message().is_none(),
+                        "not confirmed"
+                    );
                     record(&mut local, t.elapsed());
                 }
                 latencies.lock().unwrap().add(&local).ok();
@@ -85,6 +157,11 @@ pub async fn confirmed_publish(
     channel
         .queue_delete("bench.publish".into(), Default::default())
         .await?;
+    if let Shape::LikeIngress = shape {
+        channel
+            .exchange_delete("bench.topic".into(), Default::default())
+            .await?;
+    }
     let _ = conn.close(200, "done".into()).await;
     let h = latencies.lock().unwrap();
     Ok(Rate {

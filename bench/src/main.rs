@@ -76,10 +76,16 @@ struct Limits {
 async fn baselines() -> anyhow::Result<Limits> {
     let services = Services::new().await?;
     let amqp = services.vhost.amqp_url();
-    let publish = baseline::confirmed_publish(&amqp, 64, 100_000).await?;
+    let publish = baseline::confirmed_publish(&amqp, 64, 100_000, baseline::Shape::Raw).await?;
     println!(
         "raw confirmed publish: {:.0} msg/s ({})",
         publish.per_second, publish.detail
+    );
+    let shaped =
+        baseline::confirmed_publish(&amqp, 64, 100_000, baseline::Shape::LikeIngress).await?;
+    println!(
+        "confirmed publish shaped like ingress's (520 bytes, topic exchange, mandatory, headers): {:.0} msg/s ({})",
+        shaped.per_second, shaped.detail
     );
     let consume = baseline::consume_ack(&amqp, 100_000).await?;
     println!(
@@ -197,9 +203,13 @@ async fn drain(count: usize) -> anyhow::Result<(f64, String, f64)> {
     let elapsed = started.elapsed();
     let rate = count as f64 / elapsed.as_secs_f64();
     let page = processor.metrics().await;
-    // Each of the 4 channels commits one batch at a time: stage time over 4 x wall time
-    // is the share of the channels' time spent in that stage.
-    let channel_time = 4.0 * elapsed.as_secs_f64();
+    // Each channel commits one batch at a time: stage time over channels x wall time is
+    // the share of the channels' time spent in that stage.
+    let channels: f64 = std::env::var("PROCESSOR_CHANNELS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(8.0);
+    let channel_time = channels * elapsed.as_secs_f64();
     let breakdown: Vec<String> = ["parse", "redis_claim", "db_apply", "redis_done", "ack"]
         .iter()
         .map(|stage| {
@@ -214,7 +224,7 @@ async fn drain(count: usize) -> anyhow::Result<(f64, String, f64)> {
     let (size_sum, size_count) = procs::sum_count(&page, "dojo_processor_batch_size", "");
     let rss = processor.peak_rss_mib();
     let detail = format!(
-        "{} batches, {:.0} deliveries per batch on average; share of the 4 channels' time per stage: {}",
+        "{} batches, {:.0} deliveries per batch on average; share of the {channels} channels' time per stage: {}",
         size_count,
         size_sum / size_count.max(1.0),
         breakdown.join(", ")
@@ -261,6 +271,15 @@ async fn end_to_end(rate: f64, seconds: u64) -> anyhow::Result<(f64, f64, f64, f
             stats::record(&mut lag, (*committed - acked).to_std().unwrap_or_default());
         }
     }
+    let page = processor.metrics().await;
+    let (size_sum, size_count) = procs::sum_count(&page, "dojo_processor_batch_size", "");
+    let (apply_sum, _) =
+        procs::sum_count(&page, "dojo_processor_stage_seconds", "stage=\"db_apply\"");
+    println!(
+        "  processor: {size_count} batches, {:.1} deliveries per batch, {:.2} ms per database transaction",
+        size_sum / size_count.max(1.0),
+        1000.0 * apply_sum / size_count.max(1.0)
+    );
     let lost = first_ack.len().saturating_sub(rows.len());
     let (ingress_rss, processor_rss) = (ingress.peak_rss_mib(), processor.peak_rss_mib());
     println!(

@@ -27,6 +27,16 @@ fn bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The service's log goes to `$BENCH_LOG_DIR/<name>.log` when that is set.
+fn log_file(name: &str) -> Stdio {
+    match std::env::var("BENCH_LOG_DIR") {
+        Ok(dir) => std::fs::File::create(format!("{dir}/{name}.log"))
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null()),
+        Err(_) => Stdio::null(),
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -45,7 +55,7 @@ pub fn ingress(services: &Services) -> anyhow::Result<Proc> {
             "RUST_LOG",
             std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
         )
-        .stdout(Stdio::null())
+        .stdout(log_file("ingress"))
         .spawn()
         .context("ingress")?;
     Ok(Proc {
@@ -67,7 +77,7 @@ pub fn processor(services: &Services) -> anyhow::Result<Proc> {
             "RUST_LOG",
             std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
         )
-        .stdout(Stdio::null())
+        .stdout(log_file("processor"))
         .spawn()
         .context("processor")?;
     Ok(Proc {

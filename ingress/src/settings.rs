@@ -84,7 +84,7 @@ impl Settings {
                     .collect()
             })
             .unwrap_or_default();
-        let publish_channels = parsed(src, "INGRESS_PUBLISH_CHANNELS", 4usize)?;
+        let publish_channels = parsed(src, "INGRESS_PUBLISH_CHANNELS", 1usize)?;
         if publish_channels == 0 {
             return Err(ConfigError(
                 "INGRESS_PUBLISH_CHANNELS must be at least 1".into(),

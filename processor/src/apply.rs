@@ -46,19 +46,32 @@ pub async fn apply(pool: &PgPool, batch: &[Incoming<'_>]) -> Result<Vec<Outcome>
     .execute(&mut *tx)
     .await?;
 
-    let accounts: Vec<&str> = batch.iter().map(|i| i.event.account_id.as_str()).collect();
-    let ids: Vec<&str> = batch.iter().map(|i| i.event.id.as_str()).collect();
+    // `= ANY` on both key columns is an index scan on the primary key, whatever the
+    // table's size (a join on `unnest` may be planned as a scan of the whole table).
+    // It can return pairs not in the batch (same id, other account): kept only if asked.
+    let wanted: HashSet<(&str, &str)> = batch
+        .iter()
+        .map(|i| (i.event.account_id.as_str(), i.event.id.as_str()))
+        .collect();
+    let accounts: Vec<&str> = wanted
+        .iter()
+        .map(|k| k.0)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let ids: Vec<&str> = wanted.iter().map(|k| k.1).collect();
     let mut seen: HashSet<(String, String)> = sqlx::query(
-        "SELECT e.account_id, e.event_id FROM dojo_events e
-           JOIN unnest($1::text[], $2::text[]) AS k(account_id, event_id)
-             ON e.account_id = k.account_id AND e.event_id = k.event_id",
+        "SELECT account_id, event_id FROM dojo_events WHERE account_id = ANY($1) AND event_id = ANY($2)",
     )
     .bind(&accounts)
     .bind(&ids)
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
-    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+    .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+    .filter(|k: &Result<(String, String), sqlx::Error>| {
+        k.as_ref().map_or(true, |(a, e)| wanted.contains(&(a.as_str(), e.as_str())))
+    })
     .collect::<Result<_, sqlx::Error>>()?;
 
     let mut state = load(&mut tx, &intents).await?;

@@ -83,6 +83,7 @@ pub async fn process(
     stop: &watch::Receiver<bool>,
 ) {
     let started = Instant::now();
+    worker.metrics.batch_size.observe(deliveries.len() as f64);
     let mut items = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
         let (span, ids) = consume_span(delivery);
@@ -207,6 +208,7 @@ async fn decide(
                 outcomes[i] = Some(outcome);
             }
             let done: Vec<(&str, &str)> = todo.iter().map(|&i| keys[i]).collect();
+            let marking = Instant::now();
             worker
                 .dedupe
                 .done(&done)
@@ -217,6 +219,7 @@ async fn decide(
                     &items[0].ids
                 ))
                 .await;
+            stage(worker, "redis_done", marking);
         }
         Err(failure) => {
             let held: Vec<(&str, &str)> = todo.iter().map(|&i| keys[i]).collect();

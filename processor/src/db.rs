@@ -9,8 +9,12 @@ use std::time::Duration;
 
 /// Connects (creating the database if it does not exist) and applies the migrations.
 pub async fn connect_and_migrate(url: &str, pool_size: u32) -> anyhow::Result<PgPool> {
-    let options =
-        PgConnectOptions::from_str(url).context("DATABASE_URL is not a PostgreSQL URL")?;
+    let options = PgConnectOptions::from_str(url)
+        .context("DATABASE_URL is not a PostgreSQL URL")?
+        // Prepared statements are cached per connection; a generic plan chosen while the
+        // tables were empty (sequential scans) would be kept as they grow. Plan each
+        // execution for the tables as they are.
+        .options([("plan_cache_mode", "force_custom_plan")]);
     ensure_database(&options).await?;
     let pool = PgPoolOptions::new()
         .max_connections(pool_size)

@@ -41,9 +41,9 @@ impl Settings {
     }
 
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
-        let channels = parsed(src, "PROCESSOR_CHANNELS", 4usize)?;
-        let batch = parsed(src, "PROCESSOR_BATCH", 256usize)?;
-        let prefetch = parsed(src, "PROCESSOR_PREFETCH", 512u16)?;
+        let channels = parsed(src, "PROCESSOR_CHANNELS", 8usize)?;
+        let batch = parsed(src, "PROCESSOR_BATCH", 64usize)?;
+        let prefetch = parsed(src, "PROCESSOR_PREFETCH", 256u16)?;
         if channels == 0 || batch == 0 || prefetch == 0 {
             return Err(ConfigError(
                 "PROCESSOR_CHANNELS, PROCESSOR_BATCH and PROCESSOR_PREFETCH must be at least 1"
