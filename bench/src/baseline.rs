@@ -41,7 +41,7 @@ async fn quorum_queue(channel: &Channel, name: &str) -> anyhow::Result<()> {
 pub enum Shape {
     /// What the issue measured: 300 bytes, default exchange, no headers.
     Raw,
-    /// What ingress sends: an envelope-sized body through a topic exchange, mandatory,
+    /// What ingress sends: an envelope-sized body through a fanout exchange, mandatory,
     /// with a message id and a `traceparent` header.
     LikeIngress,
 }
@@ -60,10 +60,11 @@ pub async fn confirmed_publish(
     let (exchange, key, size, mandatory) = match shape {
         Shape::Raw => ("", "bench.publish", 300, false),
         Shape::LikeIngress => {
+            // Like ingress's exchange (fanout); BENCH_EXCHANGE=topic|direct to compare.
             let kind = match std::env::var("BENCH_EXCHANGE").as_deref() {
                 Ok("direct") => lapin::ExchangeKind::Direct,
-                Ok("fanout") => lapin::ExchangeKind::Fanout,
-                _ => lapin::ExchangeKind::Topic,
+                Ok("topic") => lapin::ExchangeKind::Topic,
+                _ => lapin::ExchangeKind::Fanout,
             };
             let binding = if matches!(kind, lapin::ExchangeKind::Topic) {
                 "#"

@@ -84,7 +84,7 @@ async fn baselines() -> anyhow::Result<Limits> {
     let shaped =
         baseline::confirmed_publish(&amqp, 64, 100_000, baseline::Shape::LikeIngress).await?;
     println!(
-        "confirmed publish shaped like ingress's (520 bytes, topic exchange, mandatory, headers): {:.0} msg/s ({})",
+        "confirmed publish shaped like ingress's (520 bytes, fanout exchange, mandatory, headers): {:.0} msg/s ({})",
         shaped.per_second, shaped.detail
     );
     let consume = baseline::consume_ack(&amqp, 100_000).await?;

@@ -53,7 +53,7 @@ pub fn ingress(services: &Services) -> anyhow::Result<Proc> {
         .env("DOJO_REST_PASSWORD", REST_PASSWORD)
         .env(
             "RUST_LOG",
-            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "info".into()),
         )
         .stdout(log_file("ingress"))
         .spawn()
@@ -75,7 +75,7 @@ pub fn processor(services: &Services) -> anyhow::Result<Proc> {
         .env("PROCESSOR_API_TOKEN", API_TOKEN)
         .env(
             "RUST_LOG",
-            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "info".into()),
         )
         .stdout(log_file("processor"))
         .spawn()

@@ -27,7 +27,10 @@ use tracing_subscriber::{fmt, EnvFilter};
 /// Set when the OpenTelemetry layer is installed.
 static EXPORTING: OnceLock<bool> = OnceLock::new();
 
-fn exporting() -> bool {
+/// True when spans are exported over OTLP. Without export, spans carry only what the
+/// logs need (`trace_id`, `span_id`): every other field would be formatted into each
+/// span's log context for nothing, a third of ingress's CPU per request at `info`.
+pub fn exporting() -> bool {
     EXPORTING.get().copied().unwrap_or(false)
 }
 

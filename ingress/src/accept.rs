@@ -33,20 +33,24 @@ pub struct Intake {
 #[macro_export]
 macro_rules! delivery_span {
     ($name:expr, $channel:expr) => {
-        tracing::info_span!(
-            "delivery",
-            otel.name = $name,
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            dojo.channel = $channel,
-            dojo.event.id = tracing::field::Empty,
-            dojo.event.type = tracing::field::Empty,
-            dojo.account.id = tracing::field::Empty,
-            dojo.payment_intent.id = tracing::field::Empty,
-            dojo.answer = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-        )
+        if common::telemetry::exporting() {
+            tracing::info_span!(
+                "delivery",
+                otel.name = $name,
+                otel.kind = "server",
+                otel.status_code = tracing::field::Empty,
+                dojo.channel = $channel,
+                dojo.event.id = tracing::field::Empty,
+                dojo.event.type = tracing::field::Empty,
+                dojo.account.id = tracing::field::Empty,
+                dojo.payment_intent.id = tracing::field::Empty,
+                dojo.answer = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+            )
+        } else {
+            tracing::info_span!("delivery", trace_id = tracing::field::Empty, span_id = tracing::field::Empty)
+        }
     };
 }
 
@@ -72,20 +76,24 @@ impl Intake {
             .map_err(|e| ValidationError(format!("body is not valid JSON: {e}")))?;
         let message = Envelope::new(channel, headers, raw).to_bytes();
         let routing_key = topology::routing_key(event.event.as_str());
-        let span = tracing::info_span!(
-            "publish",
-            otel.name = "publish dojo.events",
-            otel.kind = "producer",
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "send",
-            messaging.operation.name = "publish",
-            messaging.destination.name = topology::EXCHANGE,
-            messaging.rabbitmq.destination.routing_key = routing_key,
-            messaging.message.id = event.id.as_str(),
-            messaging.message.body.size = message.len(),
-            trace_id = Empty,
-            span_id = Empty,
-        );
+        let span = if common::telemetry::exporting() {
+            tracing::info_span!(
+                "publish",
+                otel.name = "publish dojo.events",
+                otel.kind = "producer",
+                messaging.system = "rabbitmq",
+                messaging.operation.type = "send",
+                messaging.operation.name = "publish",
+                messaging.destination.name = topology::EXCHANGE,
+                messaging.rabbitmq.destination.routing_key = routing_key,
+                messaging.message.id = event.id.as_str(),
+                messaging.message.body.size = message.len(),
+                trace_id = Empty,
+                span_id = Empty,
+            )
+        } else {
+            tracing::info_span!("publish", trace_id = Empty, span_id = Empty)
+        };
         let ids = adopt_child(&span, parent);
         let started = Instant::now();
         let published = self
@@ -105,7 +113,7 @@ impl Intake {
         self.metrics
             .confirm_latency
             .observe(started.elapsed().as_secs_f64());
-        tracing::info!(
+        tracing::debug!(
             event_id = %event.id,
             event_type = %event.event,
             account_id = %event.account_id,

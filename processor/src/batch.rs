@@ -26,24 +26,32 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 fn consume_span(delivery: &Delivery) -> (tracing::Span, Ids) {
-    let span = tracing::info_span!(
-        "consume",
-        otel.name = "process dojo.events.processor",
-        otel.kind = "consumer",
-        otel.status_code = tracing::field::Empty,
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "process",
-        messaging.destination.name = topology::PROCESSOR_QUEUE,
-        messaging.message.id = delivery.properties.message_id().as_ref().map(|m| m.as_str()).unwrap_or(""),
-        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
-        dojo.event.id = tracing::field::Empty,
-        dojo.event.type = tracing::field::Empty,
-        dojo.account.id = tracing::field::Empty,
-        dojo.payment_intent.id = tracing::field::Empty,
-        dojo.outcome = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-    );
+    let span = if common::telemetry::exporting() {
+        tracing::info_span!(
+            "consume",
+            otel.name = "process dojo.events.processor",
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.destination.name = topology::PROCESSOR_QUEUE,
+            messaging.message.id = delivery.properties.message_id().as_ref().map(|m| m.as_str()).unwrap_or(""),
+            messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
+            dojo.event.id = tracing::field::Empty,
+            dojo.event.type = tracing::field::Empty,
+            dojo.account.id = tracing::field::Empty,
+            dojo.payment_intent.id = tracing::field::Empty,
+            dojo.outcome = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        )
+    } else {
+        tracing::info_span!(
+            "consume",
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty
+        )
+    };
     let ids = adopt(
         &span,
         traceparent(delivery.properties.headers().as_ref()).as_deref(),
@@ -340,7 +348,7 @@ fn record(worker: &Worker, item: &Item<'_>, outcome: Outcome) {
         worker.metrics.lag.observe(lag.as_seconds_f64().max(0.0));
     }
     let _inside = item.span.enter();
-    tracing::info!(
+    tracing::debug!(
         event_id = %item.event.id,
         event_type = %item.event.event,
         account_id = %item.event.account_id,

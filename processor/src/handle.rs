@@ -38,16 +38,20 @@ pub fn parse(body: &[u8]) -> Result<(Envelope<'_>, DojoEvent), String> {
 #[macro_export]
 macro_rules! client_span {
     ($name:expr, $system:expr, $operation:expr, $parent:expr) => {{
-        let span = tracing::info_span!(
-            "client",
-            otel.name = $name,
-            otel.kind = "client",
-            db.system.name = $system,
-            db.operation.name = $operation,
-            messaging.batch.message_count = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-        );
+        let span = if common::telemetry::exporting() {
+            tracing::info_span!(
+                "client",
+                otel.name = $name,
+                otel.kind = "client",
+                db.system.name = $system,
+                db.operation.name = $operation,
+                messaging.batch.message_count = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
         common::telemetry::adopt_child(&span, $parent);
         span
     }};

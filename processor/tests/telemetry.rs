@@ -125,11 +125,12 @@ async fn one_webhook_is_one_trace_from_dojo_to_the_database() {
         .env("INGRESS_ADDR", format!("127.0.0.1:{port}"))
         .env("AMQP_URL", services.vhost.amqp_url())
         .env("DOJO_WEBHOOK_SECRETS", simulator::event::DOC_SECRET);
-    otel_env(&mut ingress, &collector, "info");
+    // Per-event lines are debug: the default (info) keeps warnings, errors and lifecycle.
+    otel_env(&mut ingress, &collector, "info,ingress=debug");
     let mut ingress = ingress.spawn().unwrap();
     let ingress_log = read_log(&mut ingress);
     let mut processor = support::command(&services);
-    otel_env(&mut processor, &collector, "info");
+    otel_env(&mut processor, &collector, "info,processor=debug");
     let mut processor = processor.spawn().unwrap();
     let processor_log = read_log(&mut processor);
 
