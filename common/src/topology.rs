@@ -35,40 +35,36 @@ pub fn routing_key(event_type: &str) -> &str {
     }
 }
 
-fn quorum_args() -> FieldTable {
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
+}
+
+/// Arguments of a quorum queue.
+pub fn quorum_args() -> FieldTable {
     let mut args = FieldTable::default();
     // Quorum queues replicate through Raft and survive a node loss; classic ones do not.
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
+    args.insert("x-queue-type".into(), text("quorum"));
+    args
+}
+
+/// Arguments of a quorum queue whose dead letters go to queue `target`, confirmed
+/// (at-least-once dead-lettering, which requires reject-publish overflow), so that
+/// dead-lettering can never drop a message silently.
+pub fn dead_lettering_to(target: &str) -> FieldTable {
+    let mut args = quorum_args();
+    args.insert("x-dead-letter-exchange".into(), text(""));
+    args.insert("x-dead-letter-routing-key".into(), text(target));
+    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+    args.insert("x-overflow".into(), text("reject-publish"));
     args
 }
 
 fn work_queue_args() -> FieldTable {
-    let mut args = quorum_args();
-    // A message rejected or redelivered too often goes to the dead-letter queue...
+    // A message rejected or redelivered too often goes to the dead-letter queue.
+    let mut args = dead_lettering_to(DEAD_QUEUE);
     args.insert(
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(DELIVERY_LIMIT),
-    );
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(DEAD_QUEUE.into()),
-    );
-    // ...and dead-lettering itself is confirmed, so it can never drop a message silently
-    // (at-least-once dead-lettering requires reject-publish overflow).
-    args.insert(
-        "x-dead-letter-strategy".into(),
-        AMQPValue::LongString("at-least-once".into()),
-    );
-    args.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
     );
     args
 }

@@ -90,32 +90,12 @@ impl Schedule {
     /// Declares one delay queue per distinct delay.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
         for delay in &self.delays {
-            let mut args = FieldTable::default();
-            args.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
-            // The delay: a message expires after waiting this long...
+            // The delay: a message expires after waiting this long, and is then
+            // dead-lettered back to the work queue, with confirms.
+            let mut args = common::topology::dead_lettering_to(common::topology::PROCESSOR_QUEUE);
             args.insert(
                 "x-message-ttl".into(),
                 AMQPValue::LongLongInt(delay.as_millis() as i64),
-            );
-            // ...and is then dead-lettered back to the work queue, with confirms.
-            args.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString("".into()),
-            );
-            args.insert(
-                "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(common::topology::PROCESSOR_QUEUE.into()),
-            );
-            args.insert(
-                "x-dead-letter-strategy".into(),
-                AMQPValue::LongString("at-least-once".into()),
-            );
-            args.insert(
-                "x-overflow".into(),
-                AMQPValue::LongString("reject-publish".into()),
             );
             channel
                 .queue_declare(
