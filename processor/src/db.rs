@@ -15,6 +15,7 @@ pub async fn connect_and_migrate(url: &str, pool_size: u32) -> anyhow::Result<Pg
         // tables were empty (sequential scans) would be kept as they grow. Plan each
         // execution for the tables as they are.
         .options([("plan_cache_mode", "force_custom_plan")]);
+    wait_for_server(&options).await;
     ensure_database(&options).await?;
     let pool = PgPoolOptions::new()
         .max_connections(pool_size)
@@ -27,6 +28,27 @@ pub async fn connect_and_migrate(url: &str, pool_size: u32) -> anyhow::Result<Pg
         .await
         .context("cannot apply migrations")?;
     Ok(pool)
+}
+
+/// Waits (capped backoff, logged) while the server cannot be reached at all, so a
+/// database that starts after the processor, or is restarting, does not turn into a
+/// crash loop. Any other answer (even "no such database") ends the wait.
+async fn wait_for_server(options: &PgConnectOptions) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match options.connect().await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                return;
+            }
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "PostgreSQL unreachable; waiting");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 async fn ensure_database(options: &PgConnectOptions) -> anyhow::Result<()> {
