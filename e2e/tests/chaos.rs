@@ -70,9 +70,11 @@ async fn a_broker_restart_mid_stream_loses_no_acknowledged_event() {
     let all = events("br", 2000);
 
     let (sent, ()) = tokio::join!(stream(&dojo, &all, 200), async {
-        tokio::time::sleep(Duration::from_secs(1)).await; // let the stream get going
+        // The outage starts once events flow end to end...
+        processor.settled(100).await;
         services.vhost.outage().unwrap();
-        tokio::time::sleep(Duration::from_secs(2)).await; // the outage lasts 2 s
+        // ...and lasts 2 s: a duration of the scenario, not a synchronisation.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         services.vhost.restore().unwrap();
     });
     let (acked, refused) = sent;
