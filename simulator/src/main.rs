@@ -183,7 +183,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     for f in &report.failures {
         println!("  failure: {f}");
     }
-    let mut json = serde_json::json!({"run": report});
+    // What was sent, and what each payment intent must end as: checkable against the
+    // payment tables with SQL as well as through --verify-url.
+    let mut json = serde_json::json!({"run": report, "expected": scenario.expected});
     let mut ok = report.failed == 0;
     if let Some(url) = &args.verify_url {
         let v = verify::verify(
