@@ -112,10 +112,9 @@ async fn baselines() -> anyhow::Result<Limits> {
 
 /// Unique lifecycles with about 10% duplicates, as many deliveries as asked.
 fn deliveries(count: usize, seed: u64) -> Vec<simulator::Event> {
-    let mut s =
-        simulator::scenario::lifecycles(&format!("acc_bench_{seed}"), count / 2 + 10, 0.1, seed);
-    s.deliveries.truncate(count);
-    s.deliveries
+    simulator::scenario::lifecycles(&format!("acc_bench_{seed}"), count / 2 + 10, 0.1, seed)
+        .truncate(count)
+        .deliveries
 }
 
 fn prepared(count: usize, seed: u64) -> Arc<Vec<load::Prepared>> {

@@ -87,3 +87,31 @@ impl Scenario {
         self
     }
 }
+
+impl Scenario {
+    /// Keeps the first `n` deliveries; `distinct` and `expected` then describe what is
+    /// left (an intent's expected status is that of its latest remaining event).
+    pub fn truncate(mut self, n: usize) -> Self {
+        self.deliveries.truncate(n);
+        let mut latest: HashMap<&str, &Event> = HashMap::new();
+        for e in &self.deliveries {
+            let slot = latest.entry(e.payment_intent_id.as_str()).or_insert(e);
+            if e.created_at > slot.created_at {
+                *slot = e;
+            }
+        }
+        let expected = latest
+            .into_iter()
+            .map(|(pi, e)| (pi.to_owned(), e.status.clone()))
+            .collect();
+        let distinct = self
+            .deliveries
+            .iter()
+            .map(|e| e.id.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        self.expected = expected;
+        self.distinct = distinct;
+        self
+    }
+}
