@@ -187,13 +187,7 @@ async fn redis_killed_mid_stream_keeps_exactly_once() {
     processor.settled(total).await;
 
     let pool = services.db.pool().await.unwrap();
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM dojo_events").await,
-        scenario.distinct as i64
-    );
-    for (pi, status) in &scenario.expected {
-        assert_eq!(&intent(&pool, pi).await.unwrap().status, status, "{pi}");
-    }
+    assert_final_states(&pool, &scenario).await;
     println!(
         "redis killed: sent {total}, acknowledged {total}, distinct {} applied once each",
         scenario.distinct

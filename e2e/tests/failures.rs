@@ -276,21 +276,6 @@ async fn send_all(dojo: &simulator::Dojo, deliveries: &[Event]) {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
 
-async fn assert_final_states(pool: &sqlx::PgPool, scenario: &simulator::scenario::Scenario) {
-    assert_eq!(
-        count(pool, "SELECT count(*) FROM dojo_events").await,
-        scenario.distinct as i64,
-        "one row per distinct event"
-    );
-    for (pi, status) in &scenario.expected {
-        assert_eq!(
-            &intent(pool, pi).await.expect("intent exists").status,
-            status,
-            "{pi}"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_or_with_redis_forgetting_every_event_is_applied_once() {
     let services = Services::new().await.unwrap();

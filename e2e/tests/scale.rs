@@ -71,13 +71,7 @@ async fn three_processors_and_two_ingresses_apply_every_event_once() {
     );
 
     let pool = services.db.pool().await.unwrap();
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM dojo_events").await,
-        scenario.distinct as i64
-    );
-    for (pi, status) in &scenario.expected {
-        assert_eq!(&intent(&pool, pi).await.unwrap().status, status, "{pi}");
-    }
+    assert_final_states(&pool, &scenario).await;
     println!(
         "scale: {} deliveries ({} distinct) through 2 ingresses accepted in {:.2}s ({:.0}/s), applied by 3 processors {shares:?} in {:.2}s ({:.0}/s)",
         scenario.deliveries.len(),

@@ -190,3 +190,20 @@ pub async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
         .await
         .expect("count")
 }
+
+/// One `dojo_events` row per distinct event, and every intent in its expected final
+/// status.
+pub async fn assert_final_states(pool: &sqlx::PgPool, scenario: &simulator::scenario::Scenario) {
+    assert_eq!(
+        count(pool, "SELECT count(*) FROM dojo_events").await,
+        scenario.distinct as i64,
+        "one row per distinct event"
+    );
+    for (pi, status) in &scenario.expected {
+        assert_eq!(
+            &intent(pool, pi).await.expect("intent exists").status,
+            status,
+            "{pi}"
+        );
+    }
+}
