@@ -66,6 +66,10 @@ pub struct Envelope<'a> {
     pub received_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "RequestorHeaders::is_empty")]
     pub headers: RequestorHeaders,
+    /// The id of the location (`common::locations`) whose credentials or socket
+    /// authenticated the delivery; absent from messages of older ingresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     #[serde(borrow)]
     pub event: &'a RawValue,
 }
@@ -88,8 +92,15 @@ impl<'a> Envelope<'a> {
             channel,
             received_at: Utc::now(),
             headers,
+            location: None,
             event,
         }
+    }
+
+    /// The same message, marked with the location that authenticated it.
+    pub fn at_location(mut self, location: &str) -> Self {
+        self.location = Some(location.to_owned());
+        self
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {

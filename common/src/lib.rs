@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod health;
+pub mod locations;
 pub mod metrics;
 pub mod settings;
 pub mod signature;

@@ -49,6 +49,18 @@ pub fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::IntGaug
     )
 }
 
+pub fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::IntGaugeVec {
+    register(
+        registry,
+        prometheus::IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
 pub fn histogram_vec(
     registry: &Registry,
     name: &str,

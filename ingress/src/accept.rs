@@ -2,9 +2,14 @@
 //! channel: validate the event, wrap it in the queue envelope, publish it (in a producer
 //! span whose `traceparent` travels in the AMQP headers) and wait for the broker's
 //! confirm. Only an `Ok` here may be answered with success to Dojo.
+//!
+//! Every check a delivery must pass once its sender is known lives here, so no channel
+//! can skip one: the size limit ([`MAX_EVENT`]), validation, and tenant binding (the
+//! event's `accountId` must be the authenticating location's, dojo-api.md §4a).
 
 use crate::broker::{Outgoing, PublishError, Publisher};
 use crate::metrics::Metrics;
+use common::locations::Location;
 use common::telemetry::{adopt_child, Ids};
 use common::topology;
 use common::{Channel, DojoEvent, Envelope, RequestorHeaders, ValidationError};
@@ -14,10 +19,18 @@ use std::time::Instant;
 use tracing::field::Empty;
 use tracing::Instrument;
 
+/// Largest accepted event (CONTRACT.md): 64 KiB, on every channel.
+pub const MAX_EVENT: usize = 64 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
+    #[error("event is larger than {MAX_EVENT} bytes")]
+    TooLarge,
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// Authenticated as `location`, but the event is another account's.
+    #[error("accountId {account:?} is not the account of location {location:?}")]
+    WrongAccount { location: String, account: String },
     #[error(transparent)]
     NotQueued(#[from] PublishError),
 }
@@ -45,26 +58,46 @@ macro_rules! delivery_span {
                 dojo.account.id = tracing::field::Empty,
                 dojo.payment_intent.id = tracing::field::Empty,
                 dojo.answer = tracing::field::Empty,
+                location = tracing::field::Empty,
                 trace_id = tracing::field::Empty,
                 span_id = tracing::field::Empty,
             )
         } else {
-            tracing::info_span!("delivery", trace_id = tracing::field::Empty, span_id = tracing::field::Empty)
+            tracing::info_span!(
+                "delivery",
+                location = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty
+            )
         }
     };
 }
 
 impl Intake {
-    /// Validates `body` as a Dojo event and queues it durably, as a child of the
-    /// delivery span `parent`. Returns the event on success.
+    /// Validates `body` as a Dojo event of `location` and queues it durably, as a child
+    /// of the delivery span `parent`. Returns the event on success.
     pub async fn accept(
         &self,
         channel: Channel,
         headers: RequestorHeaders,
         body: &[u8],
         parent: &Ids,
+        location: &Location,
     ) -> Result<DojoEvent, AcceptError> {
+        if body.len() > MAX_EVENT {
+            return Err(AcceptError::TooLarge);
+        }
         let event = DojoEvent::from_json(body)?;
+        if !location.owns_account(&event.account_id) {
+            self.metrics
+                .wrong_account
+                .with_label_values(&[&location.id, channel.as_str()])
+                .inc();
+            return Err(AcceptError::WrongAccount {
+                location: location.id.clone(),
+                account: event.account_id.chars().take(100).collect(),
+            });
+        }
         let delivery = tracing::Span::current();
         delivery.record("dojo.event.id", event.id.as_str());
         delivery.record("dojo.event.type", event.event.as_str());
@@ -74,7 +107,9 @@ impl Intake {
         }
         let raw: &RawValue = serde_json::from_slice(body)
             .map_err(|e| ValidationError(format!("body is not valid JSON: {e}")))?;
-        let message = Envelope::new(channel, headers, raw).to_bytes();
+        let message = Envelope::new(channel, headers, raw)
+            .at_location(&location.id)
+            .to_bytes();
         let routing_key = topology::routing_key(event.event.as_str());
         let span = if common::telemetry::exporting() {
             tracing::info_span!(
@@ -117,6 +152,7 @@ impl Intake {
             event_id = %event.id,
             event_type = %event.event,
             account_id = %event.account_id,
+            location = %location.id,
             channel = %channel,
             "event queued"
         );

@@ -10,6 +10,10 @@ use common::{EposError, ErrorType};
 pub enum ApiError {
     #[error("route not configured")]
     NotConfigured,
+    #[error("no such location")]
+    UnknownLocation,
+    #[error("the event's accountId is not this location's")]
+    WrongAccount,
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("body is larger than {0} bytes")]
@@ -30,7 +34,8 @@ const RETRY_AFTER_SECS: &str = "1";
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NotConfigured => StatusCode::NOT_FOUND,
+            Self::NotConfigured | Self::UnknownLocation => StatusCode::NOT_FOUND,
+            Self::WrongAccount => StatusCode::UNAUTHORIZED,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -42,7 +47,7 @@ impl ApiError {
 
     fn error_type(&self) -> ErrorType {
         match self {
-            Self::NotConfigured => ErrorType::NotFound,
+            Self::NotConfigured | Self::UnknownLocation => ErrorType::NotFound,
             Self::Unavailable(_) => ErrorType::UnexpectedError,
             _ => ErrorType::InvalidRequest,
         }
@@ -59,6 +64,8 @@ impl ApiError {
     pub fn label(&self) -> &'static str {
         match self {
             Self::NotConfigured => "not_configured",
+            Self::UnknownLocation => "unknown_location",
+            Self::WrongAccount => "wrong_account",
             Self::Unauthorized(_) => "unauthorized",
             Self::TooLarge(_) => "too_large",
             Self::BodyTimeout(_) => "timeout",

@@ -4,7 +4,8 @@
 //! - [`auth`]: Basic credentials of the REST channel (webhook signatures are in `common`);
 //! - [`accept`]: validate, envelope, publish: the path shared by every channel;
 //! - [`broker`]: the confirmed publisher and its reconnecting supervisor;
-//! - [`ws`]: the WebSocket to Dojo (JSON-RPC `HandleEventV1`);
+//! - [`locations`]: the locations served now, reloaded without a restart;
+//! - [`ws`]: the WebSockets to Dojo, one per location (JSON-RPC `HandleEventV1`);
 //! - [`register`]: `ingress register ws|rest`, capability registration with Dojo;
 //! - [`settings`]: configuration from the environment.
 
@@ -12,6 +13,7 @@ pub mod accept;
 pub mod auth;
 pub mod broker;
 pub mod error;
+pub mod locations;
 pub mod metrics;
 pub mod register;
 pub mod routes;
@@ -24,18 +26,20 @@ use broker::{Publisher, PublisherConfig};
 use settings::Settings;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use ws::WsClient;
+use tokio::sync::watch;
+use ws::Sockets;
 
 /// What every handler can reach.
 pub struct State {
     pub settings: Settings,
+    /// The locations served now (the settings' set, or a reloaded one).
+    pub locations: locations::Directory,
     pub publisher: Publisher,
     pub intake: accept::Intake,
-    /// Whether the WebSocket to Dojo is open; `None` when that channel is not configured.
-    pub ws_connected: Option<Arc<AtomicBool>>,
+    /// The WebSockets to Dojo.
+    pub sockets: Arc<Sockets>,
 }
 
 /// A bound, not yet running ingress.
@@ -43,7 +47,11 @@ pub struct Application {
     server: actix_web::dev::Server,
     addr: SocketAddr,
     publisher: Publisher,
-    ws: Option<WsClient>,
+    sockets: Arc<Sockets>,
+    locations: locations::Directory,
+    /// Stops the lease holder and the locations file watcher.
+    background: watch::Sender<bool>,
+    lease: tokio::task::JoinHandle<()>,
 }
 
 /// How long in-flight requests (and their confirms) get to finish on shutdown.
@@ -63,25 +71,62 @@ impl Application {
             reconnect_max: settings.reconnect_max,
         });
         let workers = settings.workers;
+        let metrics = Arc::new(metrics::Metrics::default());
+        metrics.locations.set(settings.locations.len() as i64);
+        log_channels(&settings);
         let intake = accept::Intake {
             publisher: publisher.clone(),
-            metrics: Arc::new(metrics::Metrics::default()),
+            metrics: metrics.clone(),
         };
-        let ws = settings
-            .ws
-            .clone()
-            .map(|ws| WsClient::start(ws, intake.clone()));
+        let directory = locations::Directory::new(settings.locations.clone());
+        let (background, stopped) = watch::channel(false);
+        let (held, lease_held) = watch::channel(false);
+        let lease = tokio::spawn(ws::lease::hold(
+            settings.amqp_url.clone(),
+            settings.ws.lease_retry,
+            settings.ws.lease_grace,
+            held,
+            metrics.clone(),
+            stopped.clone(),
+        ));
+        let sockets = Arc::new(Sockets::start(
+            directory.clone(),
+            ws::client::Shared {
+                settings: Arc::new(settings.ws.clone()),
+                intake: intake.clone(),
+                handshakes: ws::handshakes::Handshakes::new(settings.ws.handshakes_per_sec),
+            },
+            lease_held,
+        ));
+        if let Some(path) = settings.locations_file.clone() {
+            tokio::spawn(locations::reload::watch_file(
+                path,
+                settings.locations_poll,
+                directory.clone(),
+                metrics.clone(),
+                stopped,
+            ));
+        }
         let state = web::Data::new(State {
             settings,
+            locations: directory.clone(),
             publisher: publisher.clone(),
             intake,
-            ws_connected: ws.as_ref().map(WsClient::connected_flag),
+            sockets: sockets.clone(),
         });
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .route("/v1/events", web::post().to(routes::events::handle))
                 .route("/v1/webhooks/dojo", web::post().to(routes::webhook::handle))
+                .route(
+                    "/locations/{location}/v1/events",
+                    web::post().to(routes::events::handle_at),
+                )
+                .route(
+                    "/locations/{location}/v1/webhooks/dojo",
+                    web::post().to(routes::webhook::handle_at),
+                )
                 .route("/healthz", web::get().to(routes::health::healthz))
                 .route("/readyz", web::get().to(routes::health::readyz))
                 .route("/metrics", web::get().to(routes::health::metrics))
@@ -105,8 +150,16 @@ impl Application {
             server: server.run(),
             addr,
             publisher,
-            ws,
+            sockets,
+            locations: directory,
+            background,
+            lease,
         })
+    }
+
+    /// The locations served now (tests read and replace it).
+    pub fn locations(&self) -> &locations::Directory {
+        &self.locations
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -125,15 +178,31 @@ impl Application {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");
         // HTTP and WebSocket drain side by side: no new requests, in-flight ones answered.
-        let ws_drained = async {
-            if let Some(ws) = self.ws {
-                ws.shutdown().await;
-            }
-        };
-        tokio::join!(handle.stop(true), ws_drained);
+        tokio::join!(handle.stop(true), self.sockets.shutdown());
         server.await??;
+        // The lease goes only now: the sockets are closed, another replica may take over.
+        self.background.send_replace(true);
+        let _ = self.lease.await;
         self.publisher.close().await;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Says at start which channels are on, for how many locations (no secret).
+fn log_channels(settings: &Settings) {
+    let l = &settings.locations;
+    let count =
+        |f: &dyn Fn(&common::locations::Location) -> bool| l.iter().filter(|x| f(x)).count();
+    tracing::info!(
+        locations = l.len(),
+        file = settings
+            .locations_file
+            .as_deref()
+            .unwrap_or("(single-location variables)"),
+        webhook = count(&|x| !x.webhook_secrets.is_empty()),
+        rest = count(&|x| x.rest.is_some()),
+        websocket = count(&|x| x.websocket),
+        "locations served"
+    );
 }

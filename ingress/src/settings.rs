@@ -1,30 +1,43 @@
 //! Ingress configuration, from the environment variables named in CONTRACT.md (plus a few
 //! tuning knobs of our own, all optional). Validated once at start.
 
-use common::settings::{optional, or_default, parsed, ConfigError, Secret, Source};
+use common::locations::Locations;
+use common::settings::{optional, or_default, parsed, ConfigError, Source};
 use std::time::Duration;
 
-/// The Basic credentials Dojo presents on `POST /v1/events`.
-#[derive(Debug, Clone)]
-pub struct RestCredentials {
-    pub username: String,
-    pub password: Secret,
-}
+pub use common::locations::RestCredentials;
 
-/// The WebSocket to Dojo (`DOJO_WS_URL` and `DOJO_API_KEY` both set).
+/// Dojo's EPOS WebSocket endpoint (dojo-api.md §2c), used by locations of a locations
+/// file when `DOJO_WS_URL` is unset.
+pub const DOJO_WS_URL: &str = "wss://eu.ws.dojo.tech/epos";
+
+/// The WebSockets to Dojo: what every location's socket shares (its key is its own).
 #[derive(Debug, Clone)]
 pub struct WsSettings {
+    /// `DOJO_WS_URL`.
     pub url: String,
-    pub api_key: Secret,
     /// `DOJO_SOFTWARE_HOUSE_ID`, `DOJO_RESELLER_ID`: handshake headers.
     pub software_house_id: Option<String>,
     pub reseller_id: Option<String>,
     /// `INGRESS_WS_PING_MS`: ping cadence; three silent intervals mean a dead peer.
     pub ping_interval: Duration,
-    /// `INGRESS_WS_MAX_IN_FLIGHT`: requests handled at once on the socket.
+    /// `INGRESS_WS_MAX_IN_FLIGHT`: requests handled at once on one socket.
     pub max_in_flight: usize,
     /// `INGRESS_WS_RECONNECT_MAX_MS`: cap of the reconnect backoff.
     pub reconnect_max: Duration,
+    /// `INGRESS_WS_STABLE_MS`: a socket must stay open this long before its backoff
+    /// starts again from the beginning (a peer that accepts and closes at once is
+    /// backed off from, not hammered).
+    pub stable_after: Duration,
+    /// `INGRESS_WS_HANDSHAKES_PER_SEC`: most handshakes opened per second by this
+    /// ingress, all locations together (evenly spaced, jittered).
+    pub handshakes_per_sec: u32,
+    /// `INGRESS_WS_LEASE_RETRY_MS`: how often a replica that does not hold the sockets'
+    /// lease tries to take it.
+    pub lease_retry: Duration,
+    /// `INGRESS_WS_LEASE_GRACE_MS`: how long a holder that lost the broker keeps its
+    /// sockets while it tries to renew the lease.
+    pub lease_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -33,10 +46,12 @@ pub struct Settings {
     pub addr: String,
     /// `AMQP_URL`; may hold a password: log it through `redact_url` only.
     pub amqp_url: String,
-    /// `DOJO_REST_USERNAME` + `DOJO_REST_PASSWORD`; `None`: `POST /v1/events` answers 404.
-    pub rest: Option<RestCredentials>,
-    /// `DOJO_WEBHOOK_SECRETS` (comma-separated); empty: the webhook route answers 404.
-    pub webhook_secrets: Vec<Secret>,
+    /// The locations served: `DOJO_LOCATIONS_FILE`, or the single-location variables.
+    pub locations: Locations,
+    /// `DOJO_LOCATIONS_FILE`, re-read on SIGHUP and when it changes.
+    pub locations_file: Option<String>,
+    /// `INGRESS_LOCATIONS_POLL_MS`: how often the locations file is checked for changes.
+    pub locations_poll: Duration,
     /// `INGRESS_PUBLISH_TIMEOUT_MS`: longest wait for the broker's confirm before a 503.
     pub publish_timeout: Duration,
     /// `INGRESS_PUBLISH_CHANNELS`: confirm-mode channels shared by all requests.
@@ -45,8 +60,8 @@ pub struct Settings {
     pub workers: Option<usize>,
     /// `INGRESS_RECONNECT_MAX_MS`: cap of the broker reconnect backoff.
     pub reconnect_max: Duration,
-    /// The WebSocket channel, if configured.
-    pub ws: Option<WsSettings>,
+    /// The WebSockets to Dojo (opened for locations with `websocket = true`).
+    pub ws: WsSettings,
 }
 
 impl Settings {
@@ -55,77 +70,65 @@ impl Settings {
     }
 
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
-        let rest = match (
-            optional(src, "DOJO_REST_USERNAME"),
-            optional(src, "DOJO_REST_PASSWORD"),
-        ) {
-            (None, None) => None,
-            (Some(username), Some(password)) if !username.contains(':') => Some(RestCredentials {
-                username,
-                password: Secret::new(password),
-            }),
-            (Some(_), Some(_)) => {
-                return Err(ConfigError(
-                    "DOJO_REST_USERNAME must not contain ':' (RFC 7617)".into(),
-                ))
-            }
-            _ => {
-                return Err(ConfigError(
-                    "DOJO_REST_USERNAME and DOJO_REST_PASSWORD must be set together".into(),
-                ))
-            }
-        };
-        let webhook_secrets = optional(src, "DOJO_WEBHOOK_SECRETS")
-            .map(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(Secret::new)
-                    .collect()
-            })
-            .unwrap_or_default();
         let publish_channels = parsed(src, "INGRESS_PUBLISH_CHANNELS", 1usize)?;
         if publish_channels == 0 {
             return Err(ConfigError(
                 "INGRESS_PUBLISH_CHANNELS must be at least 1".into(),
             ));
         }
-        let ws = match (optional(src, "DOJO_WS_URL"), optional(src, "DOJO_API_KEY")) {
-            (Some(url), Some(key)) => {
-                if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-                    return Err(ConfigError(format!(
-                        "DOJO_WS_URL={url:?} is not a ws:// or wss:// URL"
-                    )));
-                }
-                Some(WsSettings {
-                    url,
-                    api_key: Secret::new(key),
-                    software_house_id: optional(src, "DOJO_SOFTWARE_HOUSE_ID"),
-                    reseller_id: optional(src, "DOJO_RESELLER_ID"),
-                    ping_interval: Duration::from_millis(
-                        parsed(src, "INGRESS_WS_PING_MS", 20_000u64)?.max(10),
-                    ),
-                    max_in_flight: parsed(src, "INGRESS_WS_MAX_IN_FLIGHT", 256usize)?.max(1),
-                    reconnect_max: Duration::from_millis(parsed(
-                        src,
-                        "INGRESS_WS_RECONNECT_MAX_MS",
-                        30_000,
-                    )?),
-                })
-            }
-            (Some(_), None) => {
+        let locations_file = optional(src, "DOJO_LOCATIONS_FILE");
+        let ws_url = optional(src, "DOJO_WS_URL");
+        // Round 1's single location: a socket only with both DOJO_WS_URL and DOJO_API_KEY.
+        let single_ws = match (&ws_url, optional(src, "DOJO_API_KEY")) {
+            (Some(_), Some(_)) => true,
+            (Some(_), None) if locations_file.is_none() => {
                 return Err(ConfigError(
                     "DOJO_WS_URL is set but DOJO_API_KEY is not".into(),
                 ))
             }
-            _ => None,
+            _ => false,
+        };
+        let url = ws_url.unwrap_or_else(|| DOJO_WS_URL.to_owned());
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            return Err(ConfigError(format!(
+                "DOJO_WS_URL={url:?} is not a ws:// or wss:// URL"
+            )));
+        }
+        let handshakes_per_sec = parsed(src, "INGRESS_WS_HANDSHAKES_PER_SEC", 20u32)?;
+        if handshakes_per_sec == 0 {
+            return Err(ConfigError(
+                "INGRESS_WS_HANDSHAKES_PER_SEC must be at least 1".into(),
+            ));
+        }
+        let ping_interval =
+            Duration::from_millis(parsed(src, "INGRESS_WS_PING_MS", 20_000u64)?.max(10));
+        let ws = WsSettings {
+            url,
+            software_house_id: optional(src, "DOJO_SOFTWARE_HOUSE_ID"),
+            reseller_id: optional(src, "DOJO_RESELLER_ID"),
+            ping_interval,
+            max_in_flight: parsed(src, "INGRESS_WS_MAX_IN_FLIGHT", 256usize)?.max(1),
+            reconnect_max: Duration::from_millis(parsed(
+                src,
+                "INGRESS_WS_RECONNECT_MAX_MS",
+                30_000,
+            )?),
+            stable_after: Duration::from_millis(parsed(src, "INGRESS_WS_STABLE_MS", 30_000)?),
+            handshakes_per_sec,
+            lease_retry: Duration::from_millis(
+                parsed(src, "INGRESS_WS_LEASE_RETRY_MS", 2_000u64)?.max(10),
+            ),
+            lease_grace: Duration::from_millis(parsed(src, "INGRESS_WS_LEASE_GRACE_MS", 30_000)?),
         };
         Ok(Self {
+            locations: Locations::from_source(src, single_ws)?,
+            locations_file,
+            locations_poll: Duration::from_millis(
+                parsed(src, "INGRESS_LOCATIONS_POLL_MS", 1_000u64)?.max(10),
+            ),
             ws,
             addr: or_default(src, "INGRESS_ADDR", "0.0.0.0:8080"),
             amqp_url: or_default(src, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
-            rest,
-            webhook_secrets,
             publish_timeout: Duration::from_millis(parsed(
                 src,
                 "INGRESS_PUBLISH_TIMEOUT_MS",
@@ -137,6 +140,11 @@ impl Settings {
                 .transpose()?,
             reconnect_max: Duration::from_millis(parsed(src, "INGRESS_RECONNECT_MAX_MS", 5_000)?),
         })
+    }
+
+    /// Whether any location keeps a WebSocket to Dojo.
+    pub fn any_websocket(&self) -> bool {
+        self.locations.iter().any(|l| l.websocket)
     }
 }
 
@@ -157,14 +165,15 @@ mod tests {
         let s = Settings::from_source(&src(&[])).unwrap();
         assert_eq!(s.addr, "0.0.0.0:8080");
         assert_eq!(s.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
-        assert!(s.rest.is_none());
-        assert!(s.webhook_secrets.is_empty());
+        let default = s.locations.get("default").unwrap();
+        assert!(default.rest.is_none());
+        assert!(default.webhook_secrets.is_empty());
     }
 
     #[test]
     fn secrets_split_on_commas_and_never_print() {
         let s = Settings::from_source(&src(&[("DOJO_WEBHOOK_SECRETS", "a, b,,c")])).unwrap();
-        assert_eq!(s.webhook_secrets.len(), 3);
+        assert_eq!(s.locations.get("default").unwrap().webhook_secrets.len(), 3);
         assert!(!format!("{s:?}").contains("b,"));
         let s = Settings::from_source(&src(&[
             ("DOJO_REST_USERNAME", "dojo"),
@@ -178,7 +187,7 @@ mod tests {
     fn the_websocket_needs_a_url_and_a_key() {
         let s = Settings::from_source(&src(&[("DOJO_API_KEY", "sk_sandbox_x")])).unwrap();
         assert!(
-            s.ws.is_none(),
+            !s.any_websocket(),
             "a key alone (for `register`) opens no socket"
         );
         let s = Settings::from_source(&src(&[
@@ -186,7 +195,8 @@ mod tests {
             ("DOJO_API_KEY", "sk_sandbox_x"),
         ]))
         .unwrap();
-        assert!(!format!("{:?}", s.ws.unwrap()).contains("sk_sandbox_x"));
+        assert!(s.any_websocket());
+        assert!(!format!("{s:?}").contains("sk_sandbox_x"));
         assert!(Settings::from_source(&src(&[("DOJO_WS_URL", "wss://x")])).is_err());
         assert!(Settings::from_source(&src(&[
             ("DOJO_WS_URL", "https://x"),
@@ -198,7 +208,7 @@ mod tests {
     #[test]
     fn half_configured_credentials_are_refused() {
         let err = Settings::from_source(&src(&[("DOJO_REST_USERNAME", "dojo")])).unwrap_err();
-        assert!(err.to_string().contains("set together"));
+        assert!(err.to_string().contains("go together"), "{err}");
         let err = Settings::from_source(&src(&[
             ("DOJO_REST_USERNAME", "a:b"),
             ("DOJO_REST_PASSWORD", "x"),

@@ -1,4 +1,8 @@
 //! `/healthz` (the process runs) and `/readyz` (events can be durably accepted now).
+//!
+//! Readiness is about the broker only: a Dojo WebSocket outage must not take the
+//! webhook and REST routes out of a load balancer. The sockets' state is in the body,
+//! as information (`websockets`: lease held, sockets wanted, open).
 
 use crate::State;
 use actix_web::{web, HttpResponse};
@@ -9,11 +13,14 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(state: web::Data<State>) -> HttpResponse {
+    let websockets = state.sockets.status();
     if state.publisher.is_ready() {
-        HttpResponse::Ok().json(json!({"status": "ready"}))
+        HttpResponse::Ok()
+            .json(json!({"status": "ready", "broker": "connected", "websockets": websockets}))
     } else {
-        HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "not ready", "broker": "disconnected"}))
+        HttpResponse::ServiceUnavailable().json(
+            json!({"status": "not ready", "broker": "disconnected", "websockets": websockets}),
+        )
     }
 }
 
@@ -22,10 +29,6 @@ pub async fn metrics(state: web::Data<State>) -> HttpResponse {
     let m = &state.intake.metrics;
     m.broker_connected
         .set(i64::from(state.publisher.is_ready()));
-    if let Some(ws) = &state.ws_connected {
-        m.websocket_connected
-            .set(i64::from(ws.load(std::sync::atomic::Ordering::SeqCst)));
-    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(common::metrics::render(&m.registry))

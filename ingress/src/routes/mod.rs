@@ -1,5 +1,10 @@
 //! HTTP routes. Each event route authenticates in its own way, then hands the body to
 //! [`crate::accept`]; the helpers here are what both event routes share.
+//!
+//! Every event route exists twice: under `/locations/{id}` (the location comes from the
+//! path, and only its credentials are accepted) and at the root of round 1 (the location
+//! comes from the credentials: the REST username, or whichever location's webhook
+//! secret signed the body). Never from the unauthenticated body (dojo-api.md §4a).
 
 pub mod events;
 pub mod health;
@@ -7,23 +12,67 @@ pub mod webhook;
 
 use crate::accept::AcceptError;
 use crate::error::ApiError;
+use crate::metrics::{NO_LOCATION, UNKNOWN_LOCATION};
 use crate::State;
 use actix_web::{web, HttpRequest, HttpResponse};
+use common::locations::Location;
 use common::telemetry::{adopt, Ids};
 use common::{Channel, RequestorHeaders};
 use futures::StreamExt;
+use std::cell::RefCell;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
 /// Largest accepted body (CONTRACT.md): 64 KiB.
-pub const MAX_BODY: usize = 64 * 1024;
+pub const MAX_BODY: usize = crate::accept::MAX_EVENT;
+
+/// Which location a delivery turned out to be for, once its route knows: the `location`
+/// of its log lines and metrics.
+#[derive(Default)]
+pub struct Tenant(RefCell<Option<String>>);
+
+impl Tenant {
+    /// Ties the delivery to `location` (a configured location's id).
+    pub fn set(&self, location: &Location) {
+        tracing::Span::current().record("location", location.id.as_str());
+        *self.0.borrow_mut() = Some(location.id.clone());
+    }
+
+    /// A path naming no configured location.
+    pub fn unknown(&self) {
+        *self.0.borrow_mut() = Some(UNKNOWN_LOCATION.to_owned());
+    }
+
+    fn label(&self) -> String {
+        self.0
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| NO_LOCATION.into())
+    }
+}
+
+/// The location named by a route's path; an unknown id is 404.
+pub fn path_location(state: &State, id: &str, tenant: &Tenant) -> Result<Arc<Location>, ApiError> {
+    match state.locations.current().get(id) {
+        Some(location) => {
+            tenant.set(location);
+            Ok(location.clone())
+        }
+        None => {
+            tenant.unknown();
+            Err(ApiError::UnknownLocation)
+        }
+    }
+}
 /// Longest a client may take to send its body: a stalled upload cannot hold a slot.
 pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs one delivery in its span (continuing Dojo's `traceparent` if it sent one),
 /// answers it, logs a rejection under the span's trace id, and counts it.
-pub async fn deliver<F, Fut>(
+pub async fn deliver<'a, F, Fut>(
+    tenant: &'a Tenant,
     req: &HttpRequest,
     state: &State,
     channel: Channel,
@@ -31,7 +80,7 @@ pub async fn deliver<F, Fut>(
     inner: F,
 ) -> HttpResponse
 where
-    F: FnOnce(Ids) -> Fut,
+    F: FnOnce(Ids, &'a Tenant) -> Fut,
     Fut: Future<Output = Result<HttpResponse, ApiError>>,
 {
     let started = Instant::now();
@@ -41,7 +90,7 @@ where
         .get("traceparent")
         .and_then(|v| v.to_str().ok());
     let ids = adopt(&span, incoming);
-    let result = inner(ids.clone()).instrument(span.clone()).await;
+    let result = inner(ids.clone(), tenant).instrument(span.clone()).await;
     let _inside = span.enter();
     let (response, answer) = match result {
         Ok(response) => (response, "accepted"),
@@ -54,7 +103,7 @@ where
     state
         .intake
         .metrics
-        .answered(channel.as_str(), answer, started);
+        .answered(channel.as_str(), answer, &tenant.label(), started);
     response
 }
 
@@ -120,10 +169,17 @@ pub async fn accept_and_answer(
     headers: RequestorHeaders,
     body: &[u8],
     ids: &Ids,
+    location: &Location,
 ) -> Result<HttpResponse, ApiError> {
-    match state.intake.accept(channel, headers, body, ids).await {
+    match state
+        .intake
+        .accept(channel, headers, body, ids, location)
+        .await
+    {
         Ok(_) => Ok(HttpResponse::Ok().json(serde_json::json!({}))),
+        Err(AcceptError::TooLarge) => Err(ApiError::TooLarge(MAX_BODY)),
         Err(AcceptError::Invalid(e)) => Err(ApiError::Invalid(e.0)),
+        Err(AcceptError::WrongAccount { .. }) => Err(ApiError::WrongAccount),
         Err(AcceptError::NotQueued(e)) => Err(ApiError::Unavailable(e)),
     }
 }

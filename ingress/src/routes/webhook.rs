@@ -1,57 +1,117 @@
-//! `POST /v1/webhooks/dojo`: Dojo webhooks, verified by `dojo-signature` over the raw body
-//! before anything is parsed.
+//! `POST /v1/webhooks/dojo` and `POST /locations/{id}/v1/webhooks/dojo`: Dojo webhooks,
+//! verified by `dojo-signature` over the raw body before anything is parsed. Under
+//! `/locations/{id}` only that location's secrets are tried; on the root route, every
+//! location's, and the one whose secret signed the body is the delivery's location.
 
-use super::{accept_and_answer, check_content_type, deliver, read_body};
+use super::{accept_and_answer, check_content_type, deliver, path_location, read_body, Tenant};
 use crate::error::ApiError;
 use crate::State;
 use actix_web::{web, HttpRequest, HttpResponse};
+use common::locations::Location;
 use common::telemetry::Ids;
 use common::{signature, Channel, RequestorHeaders};
+use std::sync::Arc;
 
-pub async fn handle(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<State>,
-) -> HttpResponse {
-    deliver(
-        &req,
-        &state,
-        Channel::Webhook,
-        "POST /v1/webhooks/dojo",
-        |ids| handle_inner(&req, payload, &state, ids),
-    )
-    .await
-}
-
-async fn handle_inner(
-    req: &HttpRequest,
-    payload: web::Payload,
-    state: &State,
-    ids: Ids,
-) -> Result<HttpResponse, ApiError> {
-    let secrets = &state.settings.webhook_secrets;
-    if secrets.is_empty() {
-        return Err(ApiError::NotConfigured);
-    }
-    let header = req
+fn signature_header(req: &HttpRequest) -> Result<String, ApiError> {
+    Ok(req
         .headers()
         .get("dojo-signature")
         .ok_or(ApiError::Unauthorized("missing dojo-signature header"))?
         .to_str()
         .map_err(|_| ApiError::Unauthorized("invalid dojo-signature"))?
-        .to_owned();
-    check_content_type(req)?;
-    let body = read_body(req, payload).await?;
-    let keys: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
-    if !signature::verify(&keys, &body, &header) {
-        return Err(ApiError::Unauthorized("invalid dojo-signature"));
-    }
-    accept_and_answer(
-        state,
+        .to_owned())
+}
+
+fn signed_by(location: &Location, body: &[u8], header: &str) -> bool {
+    let keys: Vec<&str> = location
+        .webhook_secrets
+        .iter()
+        .map(|s| s.expose())
+        .collect();
+    !keys.is_empty() && signature::verify(&keys, body, header)
+}
+
+/// `POST /v1/webhooks/dojo`.
+pub async fn handle(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> HttpResponse {
+    let tenant = Tenant::default();
+    let name = "POST /v1/webhooks/dojo";
+    deliver(
+        &tenant,
+        &req,
+        &state,
         Channel::Webhook,
-        RequestorHeaders::default(),
-        &body,
-        &ids,
+        name,
+        |ids, tenant| root_inner(&req, payload, &state, ids, tenant),
     )
     .await
+}
+
+async fn root_inner(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &State,
+    ids: Ids,
+    tenant: &Tenant,
+) -> Result<HttpResponse, ApiError> {
+    let locations = state.locations.current();
+    if locations.iter().all(|l| l.webhook_secrets.is_empty()) {
+        return Err(ApiError::NotConfigured);
+    }
+    let header = signature_header(req)?;
+    check_content_type(req)?;
+    let body = read_body(req, payload).await?;
+    let location: Arc<Location> = locations
+        .iter()
+        .find(|l| signed_by(l, &body, &header))
+        .cloned()
+        .ok_or(ApiError::Unauthorized("invalid dojo-signature"))?;
+    tenant.set(&location);
+    let headers = RequestorHeaders::default();
+    accept_and_answer(state, Channel::Webhook, headers, &body, &ids, &location).await
+}
+
+/// `POST /locations/{id}/v1/webhooks/dojo`.
+pub async fn handle_at(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> HttpResponse {
+    let tenant = Tenant::default();
+    let name = "POST /locations/{location}/v1/webhooks/dojo";
+    deliver(
+        &tenant,
+        &req,
+        &state,
+        Channel::Webhook,
+        name,
+        |ids, tenant| located_inner(&req, &path, payload, &state, ids, tenant),
+    )
+    .await
+}
+
+async fn located_inner(
+    req: &HttpRequest,
+    id: &str,
+    payload: web::Payload,
+    state: &State,
+    ids: Ids,
+    tenant: &Tenant,
+) -> Result<HttpResponse, ApiError> {
+    let location = path_location(state, id, tenant)?;
+    if location.webhook_secrets.is_empty() {
+        return Err(ApiError::NotConfigured);
+    }
+    let header = signature_header(req)?;
+    check_content_type(req)?;
+    let body = read_body(req, payload).await?;
+    if !signed_by(&location, &body, &header) {
+        return Err(ApiError::Unauthorized("invalid dojo-signature"));
+    }
+    let headers = RequestorHeaders::default();
+    accept_and_answer(state, Channel::Webhook, headers, &body, &ids, &location).await
 }

@@ -1,11 +1,20 @@
-//! The POS's socket to Dojo. One connection at a time; requests on it are handled
+//! One location's socket to Dojo. One connection at a time; requests on it are handled
 //! concurrently (at most `max_in_flight`), and replies go out in whatever order they
 //! complete. A ping every `ping_interval`; no frame at all for three intervals means the
-//! peer is dead. Reconnects back off exponentially (capped, jittered). On shutdown, no
-//! new request is read, in-flight replies are sent, then the socket is closed cleanly.
+//! peer is dead. Every handshake first takes a permit from the replica's shared
+//! [`Handshakes`] cap, so a Dojo-wide outage ends without a reconnect storm.
+//!
+//! Reconnects back off exponentially (capped, jittered). The backoff starts again from
+//! the beginning only after a socket stayed open for `stable_after`: a peer that accepts
+//! and closes at once (or answers close 1012/1013, "try again later") is backed off from,
+//! not hammered. Messages and frames over [`MAX_MESSAGE`] are refused by the socket
+//! itself before they are buffered (close 1009). On shutdown, no new request is read,
+//! in-flight replies are sent, then the socket is closed cleanly (1001).
 
-use crate::accept::Intake;
+use super::handshakes::Handshakes;
+use crate::accept::{Intake, MAX_EVENT};
 use crate::settings::WsSettings;
+use common::locations::Location;
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,25 +26,55 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tracing::Instrument;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Handle on the running client.
+/// Largest JSON-RPC message read from Dojo: an event of [`MAX_EVENT`] plus room for the
+/// JSON-RPC envelope and `params.headers`. Larger ones close the socket (1009) before
+/// they are buffered.
+pub const MAX_MESSAGE: usize = MAX_EVENT + 16 * 1024;
+/// First reconnect delay.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Floor of the delay after Dojo closed with 1012 (restart) or 1013 (try again later).
+const TRY_AGAIN_LATER: Duration = Duration::from_secs(1);
+
+/// Socket buffers sized for many idle sockets: events are small, and a socket per
+/// location is the point.
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
+/// Handle on one location's running client.
 pub struct WsClient {
     connected: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
+/// What one client needs; shared by every location's client of a replica.
+#[derive(Clone)]
+pub struct Shared {
+    pub settings: Arc<WsSettings>,
+    pub intake: Intake,
+    pub handshakes: Handshakes,
+}
+
 impl WsClient {
     /// Starts connecting in the background (on the current Tokio runtime).
-    pub fn start(settings: WsSettings, intake: Intake) -> Self {
+    pub fn start(location: Arc<Location>, shared: Shared) -> Self {
         let connected = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(supervise(settings, intake, connected.clone(), stopped));
+        let span = tracing::info_span!("websocket", location = %location.id);
+        let task =
+            tokio::spawn(supervise(location, shared, connected.clone(), stopped).instrument(span));
         Self {
             connected,
             stop,
@@ -48,7 +87,7 @@ impl WsClient {
         self.connected.load(Ordering::SeqCst)
     }
 
-    /// The flag behind [`WsClient::is_connected`], for readiness checks.
+    /// The flag behind [`WsClient::is_connected`].
     pub fn connected_flag(&self) -> Arc<AtomicBool> {
         self.connected.clone()
     }
@@ -60,13 +99,16 @@ impl WsClient {
     }
 }
 
-async fn connect(settings: &WsSettings) -> anyhow::Result<Socket> {
+async fn connect(location: &Location, settings: &WsSettings) -> anyhow::Result<Socket> {
+    let key = location
+        .api_key()
+        .ok_or_else(|| anyhow::anyhow!("location has no API key"))?;
     let mut request = settings.url.as_str().into_client_request()?;
     let headers = request.headers_mut();
     // Dojo wants the key itself after "Basic", not base64 of anything.
     headers.insert(
         "authorization",
-        HeaderValue::from_str(&format!("Basic {}", settings.api_key.expose()))?,
+        HeaderValue::from_str(&format!("Basic {}", key.expose()))?,
     );
     if let Some(id) = &settings.software_house_id {
         headers.insert("software-house-id", HeaderValue::from_str(id)?);
@@ -76,62 +118,100 @@ async fn connect(settings: &WsSettings) -> anyhow::Result<Socket> {
     }
     let (socket, _) = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async(request),
+        tokio_tungstenite::connect_async_with_config(request, Some(socket_config()), true),
     )
     .await
     .map_err(|_| anyhow::anyhow!("handshake timed out"))??;
     Ok(socket)
 }
 
+/// The next backoff after a session of `lasted` that ended with `close` (None: no
+/// session, the handshake failed).
+fn next_backoff(
+    backoff: Duration,
+    lasted: Option<Duration>,
+    close: Option<u16>,
+    settings: &WsSettings,
+) -> Duration {
+    if matches!(close, Some(1012 | 1013)) {
+        return (backoff * 2)
+            .max(TRY_AGAIN_LATER)
+            .min(settings.reconnect_max.max(TRY_AGAIN_LATER));
+    }
+    match lasted {
+        Some(d) if d >= settings.stable_after => BACKOFF_START,
+        _ => (backoff * 2).min(settings.reconnect_max),
+    }
+}
+
 async fn supervise(
-    settings: WsSettings,
-    intake: Intake,
+    location: Arc<Location>,
+    shared: Shared,
     connected: Arc<AtomicBool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let settings = &shared.settings;
+    let metrics = &shared.intake.metrics;
+    let id = location.id.as_str();
+    let mut backoff = BACKOFF_START;
     let mut opened = 0u64;
     while !*stop.borrow() {
-        match connect(&settings).await {
+        tokio::select! {
+            _ = shared.handshakes.permit() => {}
+            _ = stop.changed() => break,
+        }
+        let (lasted, close) = match connect(&location, settings).await {
             Ok(socket) => {
+                metrics
+                    .websocket_handshakes
+                    .with_label_values(&["open"])
+                    .inc();
                 tracing::info!(url = %settings.url, "WebSocket to Dojo open");
                 connected.store(true, Ordering::SeqCst);
-                intake.metrics.websocket_connected.set(1);
+                metrics.websocket_connected.with_label_values(&[id]).set(1);
                 if opened > 0 {
-                    intake.metrics.websocket_reconnects.inc();
+                    metrics.websocket_reconnects.with_label_values(&[id]).inc();
                 }
                 opened += 1;
-                backoff = Duration::from_millis(100);
-                serve(socket, &settings, &intake, &mut stop).await;
+                let since = Instant::now();
+                let close = serve(socket, &location, &shared, &mut stop).await;
                 connected.store(false, Ordering::SeqCst);
-                intake.metrics.websocket_connected.set(0);
+                metrics.websocket_connected.with_label_values(&[id]).set(0);
                 if *stop.borrow() {
                     break;
                 }
-                tracing::warn!(url = %settings.url, "WebSocket to Dojo lost; reconnecting");
+                tracing::warn!(url = %settings.url, close_code = ?close, "WebSocket to Dojo lost; reconnecting");
+                (Some(since.elapsed()), close)
             }
             Err(e) => {
+                metrics
+                    .websocket_handshakes
+                    .with_label_values(&["failed"])
+                    .inc();
                 tracing::warn!(url = %settings.url, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot open the WebSocket to Dojo");
+                (None, None)
             }
-        }
+        };
+        backoff = next_backoff(backoff, lasted, close, settings);
         let ms = backoff.as_millis().max(2) as u64;
         let pause = Duration::from_millis(rand::rng().random_range(ms / 2..=ms));
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => {}
         }
-        backoff = (backoff * 2).min(settings.reconnect_max);
     }
     tracing::info!("WebSocket client stopped");
 }
 
 /// Serves one connection until it fails, the peer goes quiet or closes, or stop.
+/// Returns the close code the peer sent, if it sent one.
 async fn serve(
     socket: Socket,
-    settings: &WsSettings,
-    intake: &Intake,
+    location: &Arc<Location>,
+    shared: &Shared,
     stop: &mut watch::Receiver<bool>,
-) {
+) -> Option<u16> {
+    let settings = &shared.settings;
     let (mut sink, mut source) = socket.split();
     let (outbox, mut queue) = mpsc::channel::<Message>(settings.max_in_flight + 8);
     let writer = tokio::spawn(async move {
@@ -147,6 +227,7 @@ async fn serve(
     let mut ping = tokio::time::interval(settings.ping_interval);
     let mut last_seen = Instant::now();
     let mut graceful = false;
+    let mut close_code = None;
     loop {
         tokio::select! {
             frame = source.next() => {
@@ -154,21 +235,31 @@ async fn serve(
                 let text = match frame {
                     Some(Ok(Message::Text(t))) => t.to_string(),
                     Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
-                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Ok(Message::Close(frame))) => {
+                        close_code = frame.map(|f| u16::from(f.code));
+                        break;
+                    }
+                    None => break,
                     Some(Ok(_)) => continue, // ping, pong: liveness only
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "WebSocket read failed");
+                        if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
+                            let _ = outbox.try_send(Message::Close(Some(CloseFrame {
+                                code: CloseCode::Size,
+                                reason: format!("message over {MAX_MESSAGE} bytes").into(),
+                            })));
+                        }
                         break;
                     }
                 };
                 let Ok(slot) = slots.clone().acquire_owned().await else { break };
-                let (intake, outbox) = (intake.clone(), outbox.clone());
+                let (shared, outbox, location) = (shared.clone(), outbox.clone(), location.clone());
                 requests.spawn(async move {
-                    if let Some(reply) = super::rpc::handle(&intake, &text).await {
+                    if let Some(reply) = super::rpc::handle(&shared.intake, &text, &location).await {
                         let _ = outbox.send(Message::Text(reply.into())).await;
                     }
                     drop(slot);
-                });
+                }.in_current_span());
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > settings.ping_interval * 3 {
@@ -198,6 +289,63 @@ async fn serve(
     if graceful {
         let _ = writer.await;
     } else {
-        writer.abort();
+        // A short grace for a close frame already queued (1009), then the socket goes.
+        let _ = tokio::time::timeout(Duration::from_millis(200), writer).await;
+    }
+    close_code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> WsSettings {
+        WsSettings {
+            url: "ws://x".into(),
+            software_house_id: None,
+            reseller_id: None,
+            ping_interval: Duration::from_secs(20),
+            max_in_flight: 1,
+            reconnect_max: Duration::from_secs(30),
+            stable_after: Duration::from_secs(30),
+            handshakes_per_sec: 20,
+            lease_retry: Duration::from_secs(2),
+            lease_grace: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn the_backoff_restarts_only_after_a_stable_session() {
+        let s = settings();
+        let b = Duration::from_millis(800);
+        // Accepted then closed at once: keeps growing, as a failed handshake does.
+        assert_eq!(
+            next_backoff(b, Some(Duration::from_millis(5)), None, &s),
+            b * 2
+        );
+        assert_eq!(next_backoff(b, None, None, &s), b * 2);
+        assert_eq!(
+            next_backoff(Duration::from_secs(20), None, None, &s),
+            s.reconnect_max
+        );
+        // A session that held: back to the start.
+        assert_eq!(
+            next_backoff(b, Some(s.stable_after), None, &s),
+            BACKOFF_START
+        );
+    }
+
+    #[test]
+    fn try_again_later_is_backed_off_from_even_after_a_long_session() {
+        let s = settings();
+        for code in [1012, 1013] {
+            let next = next_backoff(
+                BACKOFF_START,
+                Some(Duration::from_secs(3600)),
+                Some(code),
+                &s,
+            );
+            assert!(next >= TRY_AGAIN_LATER, "{code}: {next:?}");
+        }
     }
 }

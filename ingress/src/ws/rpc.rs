@@ -4,6 +4,7 @@
 //! echoes `id` and `method`, as Dojo's spec requires.
 
 use crate::accept::{AcceptError, Intake};
+use common::locations::Location;
 use common::telemetry::{adopt, Ids};
 use common::{Channel, EposError, ErrorType, RequestorHeaders};
 use serde::Deserialize;
@@ -62,21 +63,29 @@ fn split_params(params: &RawValue) -> Result<(Vec<u8>, RequestorHeaders), String
 /// Handles one text frame, in a span of its own (a new trace: Dojo sends no trace
 /// context over the socket). `None`: nothing to answer (not JSON, or a notification
 /// without an `id`); those are logged, and the socket carries on.
-pub async fn handle(intake: &Intake, frame: &str) -> Option<String> {
+pub async fn handle(intake: &Intake, frame: &str, location: &Location) -> Option<String> {
     let started = Instant::now();
     let span = crate::delivery_span!("HandleEventV1", "ws");
+    span.record("location", location.id.as_str());
     let ids = adopt(&span, None);
-    let (reply, answer) = answer(intake, frame, &ids).instrument(span.clone()).await;
+    let (reply, answer) = answer(intake, frame, &ids, location)
+        .instrument(span.clone())
+        .await;
     span.record("dojo.answer", answer);
     if answer == "unavailable" {
         span.record("otel.status_code", "ERROR");
     }
-    intake.metrics.answered("ws", answer, started);
+    intake.metrics.answered("ws", answer, &location.id, started);
     reply
 }
 
 /// The reply (if any) and the metrics' `answer` label.
-async fn answer(intake: &Intake, frame: &str, ids: &Ids) -> (Option<String>, &'static str) {
+async fn answer(
+    intake: &Intake,
+    frame: &str,
+    ids: &Ids,
+    location: &Location,
+) -> (Option<String>, &'static str) {
     let parsed: Frame = match serde_json::from_str(frame) {
         Ok(f) => f,
         Err(e) => {
@@ -109,11 +118,18 @@ async fn answer(intake: &Intake, frame: &str, ids: &Ids) -> (Option<String>, &'s
             ),
             Some(Err(message)) => (fail(ErrorType::InvalidRequest, message), "invalid"),
             Some(Ok((event, headers))) => match intake
-                .accept(Channel::Ws, headers, &event, ids)
+                .accept(Channel::Ws, headers, &event, ids, location)
                 .await
             {
                 Ok(_) => (Ok(()), "accepted"),
+                Err(e @ AcceptError::TooLarge) => {
+                    (fail(ErrorType::InvalidRequest, e.to_string()), "too_large")
+                }
                 Err(AcceptError::Invalid(e)) => (fail(ErrorType::InvalidRequest, e.0), "invalid"),
+                Err(e @ AcceptError::WrongAccount { .. }) => (
+                    fail(ErrorType::InvalidRequest, e.to_string()),
+                    "wrong_account",
+                ),
                 Err(AcceptError::NotQueued(e)) => {
                     tracing::error!(error = %e, "WebSocket event not queued");
                     let body = EposError::new(
