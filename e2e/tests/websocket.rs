@@ -307,6 +307,7 @@ async fn a_thousand_payments_with_duplicates_and_disorder_end_in_their_final_sta
     let targets = Targets {
         ws: Some(ws.clone()),
         http: Some(dojo(&ingress)),
+        ..Targets::default()
     };
     let options = Options {
         channels: vec![Via::Ws, Via::Webhook, Via::Rest],

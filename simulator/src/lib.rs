@@ -6,6 +6,7 @@
 //! - [`ws`]: Dojo's WebSocket endpoint, pushing JSON-RPC `HandleEventV1` requests to a
 //!   connected POS and matching its replies;
 //! - [`fake_api`]: Dojo's capability-registration API (`PUT /epos/integrations/...`);
+//! - [`locations`]: many location accounts, their locations file and their lifecycles;
 //! - [`scenario`]: payment lifecycles with duplicates and disorder, and the final states
 //!   they must produce;
 //! - [`run`]: drives a scenario over the channels at a rate and reports what was
@@ -14,6 +15,7 @@
 pub mod client;
 pub mod event;
 pub mod fake_api;
+pub mod locations;
 pub mod run;
 pub mod scenario;
 pub mod verify;

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -32,10 +32,20 @@ impl std::str::FromStr for Via {
     }
 }
 
-/// Where deliveries go.
+/// Where deliveries go: an event of an account in `locations` goes through that
+/// location's socket and routes; any other event through `ws` and `http` as they are.
 #[derive(Clone, Default)]
 pub struct Targets {
     pub ws: Option<DojoWs>,
+    pub http: Option<Dojo>,
+    /// By `accountId`.
+    pub locations: HashMap<String, LocationTarget>,
+}
+
+/// One location's way in: its socket (by API key) and its own HTTP routes.
+#[derive(Clone, Default)]
+pub struct LocationTarget {
+    pub ws_key: Option<String>,
     pub http: Option<Dojo>,
 }
 
@@ -78,13 +88,15 @@ async fn deliver(
     timeout: Duration,
 ) -> Result<(), String> {
     let body = event.body();
+    let location = targets.locations.get(&event.account_id);
     match via {
         Via::Ws => {
             let ws = targets.ws.as_ref().ok_or("no WebSocket endpoint")?;
-            let reply = ws
-                .handle_event(&body, None, timeout)
-                .await
-                .map_err(|e| e.to_string())?;
+            let reply = match location.and_then(|l| l.ws_key.as_deref()) {
+                Some(key) => ws.handle_event_on(key, &body, timeout).await,
+                None => ws.handle_event(&body, None, timeout).await,
+            }
+            .map_err(|e| e.to_string())?;
             if is_success(&reply) {
                 Ok(())
             } else {
@@ -96,7 +108,10 @@ async fn deliver(
             }
         }
         Via::Webhook | Via::Rest => {
-            let http = targets.http.as_ref().ok_or("no ingress URL")?;
+            let http = location
+                .and_then(|l| l.http.as_ref())
+                .or(targets.http.as_ref())
+                .ok_or("no ingress URL")?;
             let sent = if via == Via::Webhook {
                 http.webhook(&body).await
             } else {

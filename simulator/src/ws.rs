@@ -1,15 +1,18 @@
-//! Dojo's end of the EPOS Data WebSocket: accepts the POS's connection (recording the
-//! handshake headers), pushes JSON-RPC requests, and routes each reply to its caller by
-//! `id`. Requests are multiplexed: many can be outstanding at once.
+//! Dojo's end of the EPOS Data WebSocket: accepts the POS's connections (one per
+//! location's API key, recording the handshake headers), pushes JSON-RPC requests on the
+//! socket of a chosen key, and routes each reply to its caller by `id`. Requests are
+//! multiplexed: many can be outstanding at once. It can also play an outage (refuse
+//! every handshake with 503, drop every socket) and a peer that accepts and closes at
+//! once with a chosen close code.
 
 use anyhow::{anyhow, Context};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
@@ -18,6 +21,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::Message;
 
 struct Connection {
+    serial: u64,
     outbox: mpsc::UnboundedSender<Message>,
     tasks: [AbortHandle; 2],
 }
@@ -25,14 +29,32 @@ struct Connection {
 #[derive(Default)]
 struct Inner {
     handshakes: Mutex<Vec<HashMap<String, String>>>,
-    current: Mutex<Option<Connection>>,
+    /// When each handshake was attempted (accepted or refused).
+    handshake_times: Mutex<Vec<Instant>>,
+    /// Open connections by API key (the key after `Basic `).
+    open: Mutex<HashMap<String, Connection>>,
+    /// The key of the most recent connection (the single-location calls use it).
+    latest: Mutex<Option<String>>,
+    serials: AtomicU64,
+    /// While true, every handshake is refused with 503 (an outage).
+    refusing: AtomicBool,
+    /// When non-zero, every accepted socket is closed at once with this code.
+    close_on_accept: AtomicU16,
     pending: Mutex<HashMap<String, oneshot::Sender<Value>>>,
     /// Frames that answered no outstanding request.
     strays: Mutex<Vec<Value>>,
     /// Close frames received: `(code, reason)`.
     closes: Mutex<Vec<(u16, String)>>,
     next_id: AtomicU64,
-    expected_key: Option<String>,
+    /// Keys a handshake may present; `None`: any.
+    expected_keys: Option<HashSet<String>>,
+}
+
+impl Inner {
+    fn latest_connection<T>(&self, f: impl FnOnce(&Connection) -> T) -> Option<T> {
+        let key = self.latest.lock().expect("lock").clone()?;
+        self.open.lock().expect("lock").get(&key).map(f)
+    }
 }
 
 /// Dojo's WebSocket endpoint. Cheap to clone.
@@ -41,20 +63,29 @@ pub struct DojoWs {
     addr: SocketAddr,
     inner: Arc<Inner>,
     connections: watch::Sender<u64>,
+    /// Open connections now.
+    open_count: watch::Sender<usize>,
 }
 
 impl DojoWs {
     /// Listens on `addr` (port 0 for any). With `expected_key`, a handshake without
     /// `Authorization: Basic <key>` is refused with 401, as Dojo would.
     pub async fn bind(addr: &str, expected_key: Option<String>) -> std::io::Result<Self> {
+        Self::bind_keys(addr, expected_key.map(|k| vec![k])).await
+    }
+
+    /// Listens on `addr`, accepting a handshake only with one of `keys` (any, if
+    /// `None`): Dojo's endpoint as many locations' sockets see it.
+    pub async fn bind_keys(addr: &str, keys: Option<Vec<String>>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let server = Self {
             addr: listener.local_addr()?,
             inner: Arc::new(Inner {
-                expected_key,
+                expected_keys: keys.map(|k| k.into_iter().collect()),
                 ..Inner::default()
             }),
             connections: watch::channel(0).0,
+            open_count: watch::channel(0).0,
         };
         let accepting = server.clone();
         tokio::spawn(async move {
@@ -78,26 +109,61 @@ impl DojoWs {
         let inner = self.inner.clone();
         // The signature is tungstenite's callback type; its error is a whole HTTP response.
         #[allow(clippy::result_large_err)]
-        let check = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        let check = move |req: &Request,
+                          resp: Response,
+                          key_slot: &Mutex<String>|
+              -> Result<Response, ErrorResponse> {
             let headers: HashMap<String, String> = req
                 .headers()
                 .iter()
                 .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
                 .collect();
-            let authorized = match &inner.expected_key {
-                None => true,
-                Some(key) => headers.get("authorization") == Some(&format!("Basic {key}")),
-            };
+            let key = headers
+                .get("authorization")
+                .and_then(|v| v.strip_prefix("Basic "))
+                .unwrap_or("")
+                .to_owned();
+            let authorized = inner
+                .expected_keys
+                .as_ref()
+                .is_none_or(|keys| keys.contains(&key));
             inner.handshakes.lock().expect("lock").push(headers);
-            if authorized {
+            inner
+                .handshake_times
+                .lock()
+                .expect("lock")
+                .push(Instant::now());
+            let refuse = |status: StatusCode, why: &str| {
+                let mut refused = ErrorResponse::new(Some(why.into()));
+                *refused.status_mut() = status;
+                Err(refused)
+            };
+            if inner.refusing.load(Ordering::SeqCst) {
+                refuse(StatusCode::SERVICE_UNAVAILABLE, "Dojo is unavailable")
+            } else if authorized {
+                *key_slot.lock().expect("lock") = key;
                 Ok(resp)
             } else {
-                let mut refused = ErrorResponse::new(Some("invalid API key".into()));
-                *refused.status_mut() = StatusCode::UNAUTHORIZED;
-                Err(refused)
+                refuse(StatusCode::UNAUTHORIZED, "invalid API key")
             }
         };
-        let socket = tokio_tungstenite::accept_hdr_async(stream, check).await?;
+        let key_slot = Arc::new(Mutex::new(String::new()));
+        let check = {
+            let key_slot = key_slot.clone();
+            move |req: &Request, resp: Response| check(req, resp, &key_slot)
+        };
+        let mut socket = tokio_tungstenite::accept_hdr_async(stream, check).await?;
+        let key = key_slot.lock().expect("lock").clone();
+        let code = self.inner.close_on_accept.load(Ordering::SeqCst);
+        if code != 0 {
+            self.connections.send_modify(|n| *n += 1);
+            let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: code.into(),
+                reason: "try again later".into(),
+            };
+            let _ = socket.close(Some(frame)).await;
+            return Ok(());
+        }
         let (mut sink, mut source) = socket.split();
         let (outbox, mut queue) = mpsc::unbounded_channel::<Message>();
         let writer = tokio::spawn(async move {
@@ -108,7 +174,15 @@ impl DojoWs {
             }
         });
         let inner = self.inner.clone();
+        let serial = self.inner.serials.fetch_add(1, Ordering::Relaxed);
+        let (reader_key, open_count) = (key.clone(), self.open_count.clone());
         let reader = tokio::spawn(async move {
+            let _gone = Gone {
+                inner: inner.clone(),
+                key: reader_key,
+                serial,
+                open_count,
+            };
             while let Some(Ok(message)) = source.next().await {
                 if let Message::Close(frame) = &message {
                     let (code, reason) = frame
@@ -140,20 +214,85 @@ impl DojoWs {
                 }
             }
         });
-        let previous = self
-            .inner
-            .current
-            .lock()
-            .expect("lock")
-            .replace(Connection {
-                outbox,
-                tasks: [writer.abort_handle(), reader.abort_handle()],
-            });
+        let previous = {
+            let mut open = self.inner.open.lock().expect("lock");
+            let previous = open.insert(
+                key.clone(),
+                Connection {
+                    serial,
+                    outbox,
+                    tasks: [writer.abort_handle(), reader.abort_handle()],
+                },
+            );
+            self.open_count.send_replace(open.len());
+            previous
+        };
+        *self.inner.latest.lock().expect("lock") = Some(key);
         if let Some(old) = previous {
             old.tasks.iter().for_each(AbortHandle::abort);
         }
         self.connections.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// Sockets open now (one per key).
+    pub fn open_connections(&self) -> usize {
+        *self.open_count.borrow()
+    }
+
+    /// Waits until `n` sockets are open at once.
+    pub async fn wait_for_open(&self, n: usize, timeout: Duration) -> anyhow::Result<()> {
+        let mut rx = self.open_count.subscribe();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n))
+            .await
+            .map(|r| r.map(|_| ()));
+        match reached {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(anyhow!("server gone")),
+            Err(_) => Err(anyhow!(
+                "{} of {n} sockets open after {timeout:?}",
+                self.open_connections()
+            )),
+        }
+    }
+
+    /// Whether the socket of `key` is open.
+    pub fn is_open(&self, key: &str) -> bool {
+        self.inner.open.lock().expect("lock").contains_key(key)
+    }
+
+    /// When each handshake was attempted, oldest first.
+    pub fn handshake_times(&self) -> Vec<Instant> {
+        self.inner.handshake_times.lock().expect("lock").clone()
+    }
+
+    /// An outage of the whole endpoint: every socket dropped, every handshake refused
+    /// (503) until [`DojoWs::recover`].
+    pub fn outage(&self) {
+        self.inner.refusing.store(true, Ordering::SeqCst);
+        let dropped: Vec<Connection> = {
+            let mut open = self.inner.open.lock().expect("lock");
+            let all = open.drain().map(|(_, c)| c).collect();
+            self.open_count.send_replace(0);
+            all
+        };
+        for conn in dropped {
+            conn.tasks.iter().for_each(AbortHandle::abort);
+        }
+        self.inner.pending.lock().expect("lock").clear();
+    }
+
+    /// Ends [`DojoWs::outage`]: handshakes are accepted again.
+    pub fn recover(&self) {
+        self.inner.refusing.store(false, Ordering::SeqCst);
+    }
+
+    /// `Some(code)`: every accepted socket is closed at once with `code` (e.g. 1013,
+    /// "try again later"), as an overloaded Dojo might; `None`: normal service.
+    pub fn close_on_accept(&self, code: Option<u16>) {
+        self.inner
+            .close_on_accept
+            .store(code.unwrap_or(0), Ordering::SeqCst);
     }
 
     /// Connections accepted so far.
@@ -190,23 +329,53 @@ impl DojoWs {
     /// Stops reading the current connection while keeping it open: no more pongs or
     /// replies, as a hung peer behind a live TCP connection would behave.
     pub fn freeze(&self) {
-        if let Some(conn) = self.inner.current.lock().expect("lock").as_ref() {
-            conn.tasks[1].abort();
-        }
+        self.inner.latest_connection(|conn| conn.tasks[1].abort());
     }
 
-    /// Sends a raw text frame on the current connection.
+    /// Sends a raw text frame on the most recent connection.
     pub fn send_text(&self, text: String) -> anyhow::Result<()> {
-        let current = self.inner.current.lock().expect("lock");
-        let conn = current.as_ref().context("no POS connected")?;
+        self.inner
+            .latest_connection(|conn| conn.outbox.send(Message::Text(text.into())))
+            .context("no POS connected")?
+            .map_err(|_| anyhow!("connection closed"))
+    }
+
+    /// Sends a raw text frame on the socket of `key`.
+    pub fn send_text_on(&self, key: &str, text: String) -> anyhow::Result<()> {
+        let open = self.inner.open.lock().expect("lock");
+        let conn = open
+            .get(key)
+            .with_context(|| format!("no socket open for key {}", mask(key)))?;
         conn.outbox
             .send(Message::Text(text.into()))
             .map_err(|_| anyhow!("connection closed"))
     }
 
-    /// Sends a JSON-RPC request and waits for the reply with the same `id`.
+    /// Sends a JSON-RPC request on the most recent connection and waits for the reply
+    /// with the same `id`.
     pub async fn call(
         &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        self.call_via(None, method, params, timeout).await
+    }
+
+    /// [`DojoWs::call`] on the socket of location key `key`.
+    pub async fn call_on(
+        &self,
+        key: &str,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        self.call_via(Some(key), method, params, timeout).await
+    }
+
+    async fn call_via(
+        &self,
+        key: Option<&str>,
         method: &str,
         params: Value,
         timeout: Duration,
@@ -218,8 +387,13 @@ impl DojoWs {
             .lock()
             .expect("lock")
             .insert(id.clone(), tx);
-        let request = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        if let Err(e) = self.send_text(request.to_string()) {
+        let request =
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
+        let sent = match key {
+            Some(key) => self.send_text_on(key, request),
+            None => self.send_text(request),
+        };
+        if let Err(e) = sent {
             self.inner.pending.lock().expect("lock").remove(&id);
             return Err(e);
         }
@@ -239,21 +413,68 @@ impl DojoWs {
         headers: Option<Value>,
         timeout: Duration,
     ) -> anyhow::Result<Value> {
-        let mut params: Value =
-            serde_json::from_str(event_body).context("event body is not JSON")?;
-        if let (Some(h), Some(obj)) = (headers, params.as_object_mut()) {
-            obj.insert("headers".into(), h);
-        }
+        let params = event_params(event_body, headers)?;
         self.call("HandleEventV1", params, timeout).await
     }
 
-    /// Drops the current connection abruptly (no close frame), as a crashed peer would.
+    /// `HandleEventV1` on the socket of location key `key`.
+    pub async fn handle_event_on(
+        &self,
+        key: &str,
+        event_body: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let params = event_params(event_body, None)?;
+        self.call_on(key, "HandleEventV1", params, timeout).await
+    }
+
+    /// Drops the most recent connection abruptly (no close frame), as a crashed peer
+    /// would.
     pub fn drop_connection(&self) {
-        if let Some(conn) = self.inner.current.lock().expect("lock").take() {
+        let key = self.inner.latest.lock().expect("lock").clone();
+        let conn = key.and_then(|k| {
+            let mut open = self.inner.open.lock().expect("lock");
+            let conn = open.remove(&k);
+            self.open_count.send_replace(open.len());
+            conn
+        });
+        if let Some(conn) = conn {
             conn.tasks.iter().for_each(AbortHandle::abort);
         }
         // Outstanding calls fail now rather than at their timeout.
         self.inner.pending.lock().expect("lock").clear();
+    }
+}
+
+fn event_params(event_body: &str, headers: Option<Value>) -> anyhow::Result<Value> {
+    let mut params: Value = serde_json::from_str(event_body).context("event body is not JSON")?;
+    if let (Some(h), Some(obj)) = (headers, params.as_object_mut()) {
+        obj.insert("headers".into(), h);
+    }
+    Ok(params)
+}
+
+/// A key as it may be shown: its first characters only.
+fn mask(key: &str) -> String {
+    format!("{}***", key.chars().take(12).collect::<String>())
+}
+
+/// Forgets a connection when its reader ends (the POS closed it or it broke), unless a
+/// newer connection of the same key replaced it already.
+struct Gone {
+    inner: Arc<Inner>,
+    key: String,
+    serial: u64,
+    open_count: watch::Sender<usize>,
+}
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        let mut open = self.inner.open.lock().expect("lock");
+        if open.get(&self.key).is_some_and(|c| c.serial == self.serial) {
+            open.remove(&self.key);
+        }
+        self.open_count.send_replace(open.len());
     }
 }
 
