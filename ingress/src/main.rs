@@ -32,6 +32,18 @@ enum Command {
     },
 }
 
+/// Which locations to register (none given: the single-location variables).
+#[derive(clap::Args)]
+struct Which {
+    /// Register this location of DOJO_LOCATIONS_FILE, with its own API key.
+    #[arg(long, conflicts_with = "all")]
+    location: Option<String>,
+    /// Register every location of DOJO_LOCATIONS_FILE (for ws: those with
+    /// websocket = true); one failing does not stop the others.
+    #[arg(long)]
+    all: bool,
+}
+
 #[derive(Subcommand)]
 enum Channel {
     /// For the WebSocket channel (the POS opens the socket).
@@ -39,18 +51,23 @@ enum Channel {
         /// Print the request instead of sending it.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        which: Which,
     },
-    /// For the REST channel: Dojo will call POST {url}/v1/events.
+    /// For the REST channel: Dojo will call POST {url}/v1/events (with locations:
+    /// {url}/locations/{id}/v1/events, with the location's credentials).
     Rest {
         /// This POS's public base URL.
         #[arg(long)]
         url: String,
         #[arg(long, env = "DOJO_REST_USERNAME", hide_env_values = true)]
-        username: String,
+        username: Option<String>,
         #[arg(long, env = "DOJO_REST_PASSWORD", hide_env_values = true)]
-        password: String,
+        password: Option<String>,
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        which: Which,
     },
 }
 
@@ -72,35 +89,77 @@ async fn main() {
 }
 
 async fn register(channel: Channel) {
-    let (target, dry_run) = match channel {
-        Channel::Ws { dry_run } => (Target::Ws, dry_run),
+    let env = &common::settings::Env;
+    let (which, rest_url, dry_run, single) = match channel {
+        Channel::Ws { dry_run, which } => (which, None, dry_run, Some(Target::Ws)),
         Channel::Rest {
             url,
             username,
             password,
             dry_run,
-        } => (
-            Target::Rest {
-                url,
-                username,
-                password: Secret::new(password),
-            },
-            dry_run,
-        ),
+            which,
+        } => {
+            let single = username
+                .zip(password)
+                .map(|(username, password)| Target::Rest {
+                    url: url.clone(),
+                    username,
+                    password: Secret::new(password),
+                });
+            (which, Some(url), dry_run, single)
+        }
     };
-    let registration =
-        Registration::from_source(&common::settings::Env, target).unwrap_or_else(|e| fail(2, e));
-    if dry_run {
-        println!("{}", registration.describe());
-        return;
-    }
+    let registrations: Vec<(String, Result<Registration, String>)> =
+        if which.location.is_some() || which.all {
+            let locations = common::locations::Locations::from_source(env, false)
+                .unwrap_or_else(|e| fail(2, e));
+            Registration::chosen(&locations, which.location.as_deref(), rest_url.is_none())
+                .unwrap_or_else(|e| fail(2, e))
+                .into_iter()
+                .map(|l| {
+                    let r = Registration::for_location(env, l, rest_url.as_deref());
+                    (l.id.clone(), r.map_err(|e| e.to_string()))
+                })
+                .collect()
+        } else {
+            let target = single.unwrap_or_else(|| {
+                fail(
+                    2,
+                    "--username and --password (or DOJO_REST_USERNAME/PASSWORD) are required",
+                )
+            });
+            let r = Registration::from_source(env, target).unwrap_or_else(|e| fail(2, e));
+            vec![(String::new(), Ok(r))]
+        };
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()
         .unwrap_or_else(|e| fail(1, e));
-    match registration.send(&http).await {
-        Ok(summary) => println!("{summary}"),
-        Err(e) => fail(1, e),
+    let mut failed = 0;
+    for (location, registration) in &registrations {
+        let label = if location.is_empty() {
+            String::new()
+        } else {
+            format!("location {location}: ")
+        };
+        let outcome = match registration {
+            Err(e) => Err(e.clone()),
+            Ok(r) if dry_run => Ok(r.describe()),
+            Ok(r) => r.send(&http).await.map_err(|e| e.to_string()),
+        };
+        match outcome {
+            Ok(text) => println!("{label}{text}"),
+            Err(e) => {
+                failed += 1;
+                eprintln!("ingress: {label}{e}");
+            }
+        }
+    }
+    if failed > 0 {
+        fail(
+            1,
+            format!("{failed} of {} registrations failed", registrations.len()),
+        );
     }
 }
 

@@ -1,7 +1,12 @@
 //! `ingress register ws|rest`: tells Dojo which HandleEvent capabilities this POS serves
 //! (`PUT {DOJO_API_URL}/epos/integrations/ws|rest`). Every PUT replaces the whole set,
 //! so both event capabilities are always sent together.
+//!
+//! With locations (`--location ID` or `--all`), each location registers with its own
+//! API key (docs/LOCATIONS.md); its REST URL is `{--url}/locations/{id}` and its
+//! credentials are the location's own.
 
+use common::locations::{Location, Locations};
 use common::settings::{optional, or_default, ConfigError, Secret, Source};
 use serde_json::{json, Value};
 
@@ -46,6 +51,62 @@ pub enum RegisterError {
 impl Registration {
     /// Reads `DOJO_API_URL`, `DOJO_API_KEY`, `DOJO_SOFTWARE_HOUSE_ID`, `DOJO_RESELLER_ID`.
     pub fn from_source(src: &dyn Source, target: Target) -> Result<Self, ConfigError> {
+        let key = optional(src, "DOJO_API_KEY")
+            .ok_or_else(|| ConfigError("DOJO_API_KEY is required to register".into()))?;
+        Self::with_key(src, Secret::new(key), target)
+    }
+
+    /// One location's registration: its first API key; for REST, its own route under
+    /// `base_url` and its own credentials. `Err` says what the location lacks.
+    pub fn for_location(
+        src: &dyn Source,
+        location: &Location,
+        rest_base_url: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        let key = location
+            .api_key()
+            .cloned()
+            .ok_or_else(|| ConfigError(format!("location {:?} has no api_keys", location.id)))?;
+        let target = match rest_base_url {
+            None => Target::Ws,
+            Some(base) => {
+                let rest = location.rest.as_ref().ok_or_else(|| {
+                    ConfigError(format!(
+                        "location {:?} has no rest_username/rest_password",
+                        location.id
+                    ))
+                })?;
+                Target::Rest {
+                    url: format!("{}/locations/{}", base.trim_end_matches('/'), location.id),
+                    username: rest.username.clone(),
+                    password: rest.password.clone(),
+                }
+            }
+        };
+        Self::with_key(src, key, target)
+    }
+
+    /// The locations `--location ID` or `--all` name: every location of the file with
+    /// `--all` (for WebSocket, those with `websocket = true`).
+    pub fn chosen<'a>(
+        locations: &'a Locations,
+        only: Option<&str>,
+        websocket: bool,
+    ) -> Result<Vec<&'a Location>, ConfigError> {
+        match only {
+            Some(id) => locations
+                .get(id)
+                .map(|l| vec![&**l])
+                .ok_or_else(|| ConfigError(format!("no location {id:?} in the locations"))),
+            None => Ok(locations
+                .iter()
+                .filter(|l| !websocket || l.websocket)
+                .map(|l| &**l)
+                .collect()),
+        }
+    }
+
+    fn with_key(src: &dyn Source, api_key: Secret, target: Target) -> Result<Self, ConfigError> {
         if let Target::Rest { url, .. } = &target {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(ConfigError(format!("--url {url:?} must be an http(s) URL")));
@@ -55,10 +116,7 @@ impl Registration {
             api_url: or_default(src, "DOJO_API_URL", "https://api.dojo.tech")
                 .trim_end_matches('/')
                 .to_owned(),
-            api_key: Secret::new(
-                optional(src, "DOJO_API_KEY")
-                    .ok_or_else(|| ConfigError("DOJO_API_KEY is required to register".into()))?,
-            ),
+            api_key,
             software_house_id: optional(src, "DOJO_SOFTWARE_HOUSE_ID").ok_or_else(|| {
                 ConfigError("DOJO_SOFTWARE_HOUSE_ID is required to register".into())
             })?,

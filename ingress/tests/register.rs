@@ -146,3 +146,70 @@ async fn dry_run_prints_the_request_and_sends_nothing() {
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach Dojo"));
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_location_registers_with_its_own_key_and_one_failure_stops_no_other() {
+    let api = FakeDojoApi::start("127.0.0.1:0").unwrap();
+    let sims = simulator::locations::generate(3, 42);
+    let path = std::env::temp_dir().join(format!("register-{}.toml", std::process::id()));
+    std::fs::write(&path, simulator::locations::to_toml(&sims, true)).unwrap();
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ingress"));
+        cmd.args(args)
+            .env("DOJO_API_URL", &api.url)
+            .env("DOJO_LOCATIONS_FILE", &path)
+            .env("DOJO_SOFTWARE_HOUSE_ID", "softhouse-1")
+            .env_remove("DOJO_API_KEY");
+        tokio::task::spawn_blocking(move || cmd.output().expect("ingress runs"))
+    };
+
+    let one = run(&["register", "ws", "--location", "loc-0002"])
+        .await
+        .unwrap();
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    let requests = api.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].headers["authorization"],
+        format!("Basic {}", sims[1].api_key)
+    );
+
+    api.refuse_key(&sims[0].api_key);
+    let all = run(&["register", "rest", "--url", "https://pos.example", "--all"])
+        .await
+        .unwrap();
+    assert_eq!(all.status.code(), Some(1), "one location failed");
+    let stderr = String::from_utf8_lossy(&all.stderr);
+    assert!(
+        stderr.contains("location loc-0001") && stderr.contains("401"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 of 3 registrations failed"), "{stderr}");
+    let rest: Vec<_> = api.requests().into_iter().skip(1).collect();
+    assert_eq!(rest.len(), 3, "the failure did not stop the others");
+    assert_eq!(
+        rest[2].body["url"],
+        "https://pos.example/locations/loc-0003"
+    );
+    assert_eq!(
+        rest[2].body["auth"]["basic"]["username"],
+        sims[2].rest_username
+    );
+    assert_eq!(
+        rest[2].headers["authorization"],
+        format!("Basic {}", sims[2].api_key)
+    );
+    let stdout = String::from_utf8_lossy(&all.stdout);
+    assert!(!stdout.contains(&sims[2].rest_password) && !stderr.contains(&sims[0].api_key));
+
+    let unknown = run(&["register", "ws", "--location", "nowhere"])
+        .await
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    let _ = std::fs::remove_file(&path);
+    api.stop().await;
+}

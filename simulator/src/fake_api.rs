@@ -21,6 +21,8 @@ struct State {
     requests: Mutex<Vec<Recorded>>,
     /// `(status, body)` to answer with; `None`: 204 No Content.
     answer: Mutex<Option<(u16, Value)>>,
+    /// API keys answered 401 (a revoked key).
+    refused_keys: Mutex<Vec<String>>,
 }
 
 pub struct FakeDojoApi {
@@ -41,6 +43,23 @@ async fn record(req: HttpRequest, body: web::Bytes, state: web::Data<Arc<State>>
         headers,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
     });
+    let key = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .unwrap_or("");
+    if state
+        .refused_keys
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|k| k == key)
+    {
+        return HttpResponse::Unauthorized()
+            .content_type("application/problem+json")
+            .body(r#"{"title":"Unauthorized","status":401,"detail":"The API key is not valid."}"#);
+    }
     match state.answer.lock().expect("lock").clone() {
         None => HttpResponse::NoContent().finish(),
         Some((status, body)) => HttpResponse::build(
@@ -75,6 +94,15 @@ impl FakeDojoApi {
     /// Answer the next requests with this status and problem-details body.
     pub fn answer_with(&self, status: u16, body: Value) {
         *self.state.answer.lock().expect("lock") = Some((status, body));
+    }
+
+    /// Answer 401 to requests authenticated with `key`.
+    pub fn refuse_key(&self, key: &str) {
+        self.state
+            .refused_keys
+            .lock()
+            .expect("lock")
+            .push(key.into());
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
