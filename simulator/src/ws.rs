@@ -148,6 +148,8 @@ impl DojoWs {
             }
         };
         let key_slot = Arc::new(Mutex::new(String::new()));
+        // tungstenite's callback type again: its error is a whole HTTP response.
+        #[allow(clippy::result_large_err)]
         let check = {
             let key_slot = key_slot.clone();
             move |req: &Request, resp: Response| check(req, resp, &key_slot)
