@@ -13,6 +13,7 @@
 mod baseline;
 mod load;
 mod procs;
+mod sockets;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -55,6 +56,12 @@ enum Command {
     /// Processor drain: N deliveries waiting in the queue, time until all committed.
     Drain {
         #[arg(long, default_value_t = 100_000)]
+        count: usize,
+    },
+    /// Idle WebSockets: ingress's resident memory with N locations connected to the
+    /// simulator's Dojo endpoint, against the same locations without sockets.
+    Sockets {
+        #[arg(long, default_value_t = 1000)]
         count: usize,
     },
     /// End to end at a sustained rate: ack-to-commit lag, nothing lost or doubled.
@@ -312,6 +319,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::E2e { rate, seconds } => {
             end_to_end(rate, seconds).await?;
+        }
+        Command::Sockets { count } => {
+            sockets::idle(count).await?;
         }
         Command::All { e2e_seconds } => {
             let limits = baselines().await?;

@@ -44,8 +44,14 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 pub fn ingress(services: &Services) -> anyhow::Result<Proc> {
+    ingress_with(services, &[])
+}
+
+/// Ingress with more (or overriding) environment variables.
+pub fn ingress_with(services: &Services, extra: &[(&str, &str)]) -> anyhow::Result<Proc> {
     let port = free_port()?;
     let child = Command::new(bin("ingress")?)
+        .envs(extra.iter().copied())
         .env("INGRESS_ADDR", format!("127.0.0.1:{port}"))
         .env("AMQP_URL", services.vhost.amqp_url())
         .env("DOJO_WEBHOOK_SECRETS", SECRET)
@@ -104,11 +110,20 @@ impl Proc {
 
     /// Peak resident memory so far (VmHWM), in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
+        self.status_mib("VmHWM:")
+    }
+
+    /// Resident memory now (VmRSS), in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        self.status_mib("VmRSS:")
+    }
+
+    fn status_mib(&self, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
             .lines()
-            .find(|l| l.starts_with("VmHWM:"))
+            .find(|l| l.starts_with(field))
             .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
             .map(|kib| kib / 1024.0)
             .unwrap_or(0.0)

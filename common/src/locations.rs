@@ -1,10 +1,10 @@
-//! Dojo location accounts (`../docs/LOCATIONS.md`): one deployment serves many
+//! Dojo location accounts (`docs/LOCATIONS.md`): one deployment serves many
 //! restaurants, each with its own `accountId`, API keys, webhook secrets, REST
-//! credentials and till tokens (Dojo's model: docs/DOJO.md, "Locations").
+//! credentials and till tokens (Dojo's model of location accounts).
 //!
 //! Two sources, one shape:
 //! - `DOJO_LOCATIONS_FILE`: a TOML file of `[[location]]` tables, keys fixed by the
-//!   operating contract (`docs/CONTRACT.md`, "Locations file"); unknown keys are errors;
+//!   operating contract ("Round 2 names", "Locations file"); unknown keys are errors;
 //! - otherwise the single-location variables of round 1 (`DOJO_WEBHOOK_SECRETS`,
 //!   `DOJO_REST_USERNAME`/`_PASSWORD`, `DOJO_API_KEY` with `DOJO_WS_URL`) describe one
 //!   implicit location, `default`, whose `accountId` is not checked.
@@ -403,6 +403,14 @@ webhook_secrets = ["ws_camden"]
         for secret in ["sk_sandbox_soho", "ws_new", "pw-soho", "till-soho-1"] {
             assert!(!printed.contains(secret), "{secret} printed");
         }
+    }
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let l = Locations::from_toml(include_str!("../../deploy/examples/locations.toml")).unwrap();
+        assert_eq!(l.len(), 2);
+        assert!(l.get("soho").unwrap().websocket);
+        assert!(l.get("camden").unwrap().rest.is_none());
     }
 
     #[test]
