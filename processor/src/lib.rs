@@ -58,7 +58,12 @@ impl Application {
     /// Connects to PostgreSQL (creating the database and applying migrations) and binds
     /// the HTTP listener. Consuming starts in [`Application::run_until_stopped`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = db::connect_and_migrate(&settings.database_url, settings.db_pool).await?;
+        let pool = db::connect_and_migrate(
+            &settings.database_url,
+            settings.db_pool,
+            settings.db_timeouts,
+        )
+        .await?;
         // Markers are only valid for the database they describe.
         let database_id = db::identity(&pool)
             .await
