@@ -37,6 +37,11 @@ if rmq.get("apiVersion") != "rabbitmq.com/v1beta1" or rmq.get("kind") != "Rabbit
     errors.append("rabbitmq.yaml is not a rabbitmq.com/v1beta1 RabbitmqCluster")
 if rmq.get("spec", {}).get("replicas") != 3:
     errors.append("RabbitmqCluster must have 3 replicas")
+# RabbitMQ 4.x everywhere (3.13 is out of community support).
+if not str(rmq.get("spec", {}).get("image", "")).startswith("rabbitmq:4."):
+    errors.append("RabbitmqCluster must name a rabbitmq:4.x image")
+if not yaml.safe_load(open("docker-compose.yml"))["services"]["rabbitmq"]["image"].startswith("rabbitmq:4."):
+    errors.append("docker-compose.yml must name a rabbitmq:4.x image")
 kust = yaml.safe_load(open("deploy/kubernetes/kustomization.yaml"))
 import os
 for r in kust["resources"]:

@@ -229,7 +229,9 @@ pub async fn consume_ack(amqp: &str, count: usize) -> anyhow::Result<Rate> {
 /// The payment tables written raw: per transaction, 100 events as one multi-row event
 /// insert plus one multi-row intent upsert; `clients` connections in parallel.
 pub async fn batched_postgres(url: &str, clients: usize, count: usize) -> anyhow::Result<Rate> {
-    let pool = processor::db::connect_and_migrate(url, clients as u32).await?;
+    let pool =
+        processor::db::connect_and_migrate(url, clients as u32, processor::db::Timeouts::default())
+            .await?;
     let per_tx = 100;
     let transactions = count / per_tx;
     let started = Instant::now();

@@ -61,6 +61,7 @@ impl DojoEvent {
         if self.id.len() > MAX_ID_LEN || self.account_id.len() > MAX_ID_LEN {
             return fail("invalid event: `id` or `accountId` is longer than 255 bytes");
         }
+        self.check_storable()?;
         if self.event.is_known() {
             match &self.data.payment_intent_id {
                 Some(id) if !id.trim().is_empty() => {}
@@ -71,6 +72,38 @@ impl DojoEvent {
             }
         }
         Ok(())
+    }
+
+    /// Every field stored in a PostgreSQL `text` column must be text PostgreSQL can hold:
+    /// it refuses NUL (U+0000) in `text`. (Rust strings are always valid UTF-8, and
+    /// serde refuses lone surrogates in them, so NUL is the only such character.)
+    /// Refused here, on every channel, so that ingress never acknowledges an event the
+    /// processor cannot record.
+    fn check_storable(&self) -> Result<(), ValidationError> {
+        let data = &self.data;
+        let fields = [
+            ("id", Some(self.id.as_str())),
+            ("accountId", Some(self.account_id.as_str())),
+            ("event", Some(self.event.as_str())),
+            ("data.paymentIntentId", data.payment_intent_id.as_deref()),
+            (
+                "data.paymentStatus",
+                data.payment_status.as_ref().map(PaymentStatus::as_str),
+            ),
+            (
+                "data.captureMode",
+                data.capture_mode.as_ref().map(CaptureMode::as_str),
+            ),
+        ];
+        match fields
+            .into_iter()
+            .find(|(_, value)| value.is_some_and(|v| v.contains('\0')))
+        {
+            Some((name, _)) => Err(ValidationError(format!(
+                "invalid event: `{name}` contains a NUL character (U+0000)"
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -252,11 +285,61 @@ mod tests {
                 VECTOR.replace("evt_hnnHxIKR_Uy6bhZCusCltw", &"e".repeat(256)),
                 "255 bytes",
             ),
+            (
+                VECTOR.replace("2022-02-01T13:07:41.8667859Z", "2300-01-01T00:00:00Z"),
+                "outside the accepted range",
+            ),
+            (
+                VECTOR.replace("2022-02-01T13:07:41.8667859Z", "1400-01-01T00:00:00Z"),
+                "outside the accepted range",
+            ),
         ];
         for (body, expected) in cases {
             let err = DojoEvent::from_json(body.as_bytes()).unwrap_err();
             assert!(err.0.contains(expected), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn nul_in_any_stored_text_field_is_refused() {
+        // Each field PostgreSQL stores as `text`, with NUL at the start, middle and end.
+        let fields = [
+            ("evt_hnnHxIKR_Uy6bhZCusCltw", "`id`"),
+            ("acc_test", "`accountId`"),
+            ("payment_intent.created", "`event`"),
+            ("pi_vpwd4ooAPEqyNAQe4z89WQ", "`data.paymentIntentId`"),
+            ("Created", "`data.paymentStatus`"),
+            ("Auto", "`data.captureMode`"),
+        ];
+        for (value, field) in fields {
+            for nul in [
+                format!("\\u0000{value}"),
+                format!("{}\\u0000{}", &value[..2], &value[2..]),
+                format!("{value}\\u0000"),
+                "\\u0000".to_owned(),
+            ] {
+                let body = VECTOR.replace(&format!("\"{value}\""), &format!("\"{nul}\""));
+                let err = DojoEvent::from_json(body.as_bytes()).unwrap_err();
+                assert!(
+                    err.0.contains(field) && err.0.contains("NUL"),
+                    "{body}: {err}"
+                );
+            }
+        }
+        // The same in an event of an unknown type.
+        let unknown = r#"{"id":"e","event":"refund.\u0000created","accountId":"a","createdAt":"2024-01-01T00:00:00Z","data":{}}"#;
+        assert!(DojoEvent::from_json(unknown.as_bytes()).is_err());
+        // Lone surrogates in a text field are not text at all: refused by the parser.
+        for bad in ["\\ud800", "x\\udfffy", "\\ud800\\u0041"] {
+            let body = VECTOR.replace("acc_test", bad);
+            assert!(DojoEvent::from_json(body.as_bytes()).is_err(), "{body}");
+        }
+        // Anything else, in unknown fields included, is accepted (the processor keeps it).
+        let odd = VECTOR.replace(
+            "\"captureMode\"",
+            r#""note":"a\u0000b","lone":"\ud800","big":1e999999,"captureMode""#,
+        );
+        assert!(DojoEvent::from_json(odd.as_bytes()).is_ok(), "{odd}");
     }
 
     #[test]

@@ -16,6 +16,20 @@ pub const DEAD_QUEUE: &str = "dojo.events.dead";
 pub const ALL_EVENTS: &str = "";
 /// Redeliveries (crashes, rejections) after which RabbitMQ dead-letters a message instead
 /// of looping on it forever.
+///
+/// Delivery limits of every queue declared here and in `processor/src/retry.rs`, explicit
+/// because RabbitMQ 4 gives every quorum queue a limit of 20 (and drops, or dead-letters,
+/// a message past it):
+/// - `dojo.events.processor`: this limit, and past it dead-lettering (at-least-once) to
+///   `dojo.events.dead`: never dropped. Only crashes and shutdowns requeue; failures
+///   go to the delay queues as new messages, whose count starts at zero.
+/// - the delay queues `dojo.events.processor.retry.*`: never consumed, so never
+///   delivered; their messages leave by TTL, dead-lettered back to the work queue.
+/// - `dojo.events.dead`: no limit argument (adding one would make every existing
+///   deployment's redeclare fail), and none is needed: nothing ever requeues there.
+///   `processor dlq` takes each message with `basic.get` and puts a copy back before it
+///   acks the original, so a listed message's count never grows (a policy setting a
+///   limit of 20 on every queue is tested: `e2e/tests/delivery_limit.rs`).
 pub const DELIVERY_LIMIT: i64 = 50;
 
 /// AMQP header carrying the W3C trace context.

@@ -5,6 +5,14 @@
 //! confirms, and no request opens a channel. When the connection breaks, the supervisor
 //! drops the pool (readiness goes false, publishes fail fast with 503) and reconnects
 //! with capped exponential backoff and jitter, without a restart.
+//!
+//! Two states of a connection that looks healthy also mean "cannot publish now":
+//! - RabbitMQ blocked it (`connection.blocked`: a memory or disk alarm): publishes are
+//!   refused at once (503, no wait for a confirm that cannot come) and readiness is
+//!   false until `connection.unblocked`;
+//! - its publishes keep failing ([`FAILING_AFTER`] in a row: nacks, missing confirms,
+//!   channel errors), whatever the broker's reason: readiness is false and the
+//!   supervisor replaces the connection and its channels.
 
 use common::topology;
 use futures::StreamExt;
@@ -12,7 +20,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
 use rand::Rng;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -22,6 +30,8 @@ use tokio::sync::{watch, Notify};
 pub enum PublishError {
     #[error("broker not connected")]
     NotConnected,
+    #[error("broker blocked publishing (resource alarm): {0}")]
+    Blocked(String),
     #[error("no confirm from the broker within {0:?}")]
     Timeout(Duration),
     #[error("broker refused the message (nack)")]
@@ -40,15 +50,29 @@ pub struct Outgoing<'a> {
     pub traceparent: &'a str,
 }
 
+/// Publishes failing in a row, on a connection that looks healthy, after which it is
+/// treated as broken: not ready, and replaced.
+pub const FAILING_AFTER: u32 = 3;
+
 struct Live {
     connection: Connection,
     channels: Vec<Channel>,
     next: AtomicUsize,
+    /// Publishes failed in a row on this connection (reset by a success).
+    failures: AtomicU32,
 }
 
 impl Live {
+    /// The connection and every channel are open, and publishes are not failing.
     fn healthy(&self) -> bool {
-        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
+        self.connection.status().connected()
+            && self.channels.iter().all(|c| c.status().connected())
+            && self.failures.load(Ordering::SeqCst) < FAILING_AFTER
+    }
+
+    /// Healthy and not blocked by a resource alarm: a publish can be confirmed now.
+    fn can_publish(&self) -> bool {
+        self.healthy() && !self.connection.status().blocked()
     }
 }
 
@@ -95,9 +119,20 @@ impl Publisher {
         }
     }
 
-    /// True while events can be durably accepted.
+    /// True while events can be durably accepted: connected, not blocked by the
+    /// broker, publishes not failing.
     pub fn is_ready(&self) -> bool {
-        self.live().is_some_and(|l| l.healthy())
+        self.live().is_some_and(|l| l.can_publish())
+    }
+
+    /// Why [`Publisher::is_ready`] is false, for the readiness body.
+    pub fn state(&self) -> &'static str {
+        match self.live() {
+            None => "disconnected",
+            Some(l) if l.connection.status().blocked() => "blocked",
+            Some(l) if !l.healthy() => "failing",
+            Some(_) => "connected",
+        }
     }
 
     fn live(&self) -> Option<Arc<Live>> {
@@ -108,6 +143,11 @@ impl Publisher {
     /// confirm. `Ok` means RabbitMQ has taken responsibility for the message.
     pub async fn publish(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
         let live = self.live().ok_or(PublishError::NotConnected)?;
+        if live.connection.status().blocked() {
+            return Err(PublishError::Blocked(
+                "connection.blocked received; waiting for connection.unblocked".into(),
+            ));
+        }
         let n = live.next.fetch_add(1, Ordering::Relaxed) % live.channels.len();
         let channel = &live.channels[n];
         let mut headers = FieldTable::default();
@@ -148,8 +188,12 @@ impl Publisher {
             Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
             Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
         };
-        if result.is_err() {
-            self.shared.suspect.notify_one();
+        match &result {
+            Ok(()) => live.failures.store(0, Ordering::SeqCst),
+            Err(_) => {
+                live.failures.fetch_add(1, Ordering::SeqCst);
+                self.shared.suspect.notify_one();
+            }
         }
         result
     }
@@ -186,6 +230,7 @@ async fn connect(url: &str, channels: usize) -> lapin::Result<Live> {
         connection,
         channels: pool,
         next: AtomicUsize::new(0),
+        failures: AtomicU32::new(0),
     })
 }
 
@@ -237,6 +282,12 @@ async fn watch_until_broken(shared: &Shared, live: &Live, stop: &mut watch::Rece
                     tracing::warn!(error = %e, "broker connection error");
                     return;
                 }
+                Some(Event::ConnectionBlocked(reason)) => {
+                    tracing::warn!(reason, "broker blocked publishing; not ready until unblocked");
+                }
+                Some(Event::ConnectionUnblocked) => {
+                    tracing::info!("broker unblocked publishing");
+                }
                 None => return,
                 Some(_) => {}
             },
@@ -245,6 +296,12 @@ async fn watch_until_broken(shared: &Shared, live: &Live, stop: &mut watch::Rece
             _ = stop.changed() => return,
         }
         if !live.healthy() {
+            if live.failures.load(Ordering::SeqCst) >= FAILING_AFTER {
+                tracing::warn!(
+                    failures = FAILING_AFTER,
+                    "publishes keep failing on a connection that looks healthy; replacing it"
+                );
+            }
             return;
         }
     }

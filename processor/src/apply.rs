@@ -11,6 +11,7 @@
 //!    of one intent in one batch included), are inserted with their outcomes...
 //! 5. ...and each intent whose state changed is written once, with its final state.
 
+use crate::payload::{storable, Payload};
 use crate::rule::{decide, Change, Current, Decision, Outcome, Stamp};
 use chrono::{DateTime, Utc};
 use common::{Channel, DojoEvent};
@@ -151,11 +152,14 @@ async fn insert_events(
     fn e<'x>(i: &Incoming<'x>) -> &'x DojoEvent {
         i.event
     }
+    let payloads: Vec<Payload> = fresh.iter().map(|&i| storable(batch[i].payload)).collect();
     sqlx::query(
         "INSERT INTO dojo_events (account_id, event_id, event_type, payment_intent_id, payment_status,
-                                  capture_mode, created_at, received_at, channel, outcome, payload)
+                                  capture_mode, created_at, received_at, channel, outcome, payload,
+                                  payload_text)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                              $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[], $11::text[]::jsonb[])
+                              $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[], $11::text[]::jsonb[],
+                              $12::text[])
          ON CONFLICT (account_id, event_id) DO NOTHING",
     )
     .bind(pick(&|i| Some(e(i).account_id.clone())))
@@ -164,11 +168,12 @@ async fn insert_events(
     .bind(pick(&|i| e(i).data.payment_intent_id.clone()))
     .bind(pick(&|i| e(i).data.payment_status.as_ref().map(|s| s.as_str().to_owned())))
     .bind(pick(&|i| e(i).data.capture_mode.as_ref().map(|c| c.as_str().to_owned())))
-    .bind(fresh.iter().map(|&i| batch[i].event.created_at.as_utc()).collect::<Vec<_>>())
+    .bind(fresh.iter().map(|&i| batch[i].event.created_at.as_utc_micros()).collect::<Vec<_>>())
     .bind(fresh.iter().map(|&i| batch[i].received_at).collect::<Vec<_>>())
     .bind(pick(&|i| Some(i.channel.as_str().to_owned())))
     .bind(fresh.iter().map(|&i| outcomes[i].as_str()).collect::<Vec<_>>())
-    .bind(fresh.iter().map(|&i| batch[i].payload).collect::<Vec<_>>())
+    .bind(payloads.iter().map(|p| p.jsonb.as_ref()).collect::<Vec<_>>())
+    .bind(payloads.iter().map(|p| p.exact).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -226,7 +231,10 @@ async fn write_intents(
     )
     .bind(
         rows.iter()
-            .map(|r| DateTime::<Utc>::from_timestamp_nanos(r.stamp.nanos))
+            .map(|r| {
+                DateTime::<Utc>::from_timestamp_micros(r.stamp.nanos.div_euclid(1000))
+                    .expect("an accepted instant")
+            })
             .collect::<Vec<_>>(),
     )
     .bind(rows.iter().map(|r| r.stamp.nanos).collect::<Vec<_>>())

@@ -252,8 +252,10 @@ async fn decide(
                             .await;
                     }
                 }
-                Failure::Permanent(_) if todo.len() > 1 => {
-                    // Find the culprit: one by one, each settled on its own.
+                // A row or lock held elsewhere (the POS), or a bad event: one by one,
+                // each settled on its own, so the rest of the batch is applied now and
+                // only the culprit waits (retried later) or is dead-lettered.
+                Failure::Contended(_) | Failure::Permanent(_) if todo.len() > 1 => {
                     for &i in &todo {
                         let single = [i];
                         let verdict = match apply_with_retries(worker, items, &single, stop).await {
@@ -263,12 +265,23 @@ async fn decide(
                                 continue;
                             }
                             Err(Failure::Stopping) => Verdict::Requeue,
-                            Err(Failure::Transient(e)) => Verdict::Retry(e),
+                            Err(Failure::Transient(e) | Failure::Contended(e)) => Verdict::Retry(e),
                             Err(Failure::Permanent(e)) => Verdict::Dead(e),
                         };
                         settle_one(worker, channel, items[i].delivery, &items[i].span, verdict)
                             .await;
                     }
+                }
+                Failure::Contended(error) => {
+                    let verdict = Verdict::Retry(error);
+                    settle_one(
+                        worker,
+                        channel,
+                        items[todo[0]].delivery,
+                        &items[todo[0]].span,
+                        verdict,
+                    )
+                    .await;
                 }
                 Failure::Permanent(error) => {
                     settle_one(
@@ -289,6 +302,9 @@ async fn decide(
 enum Failure {
     Stopping,
     Transient(String),
+    /// A lock wait or statement cut short by the database timeouts: something else
+    /// holds what this batch needs.
+    Contended(String),
     Permanent(String),
 }
 
@@ -313,6 +329,12 @@ async fn apply_with_retries(
         span.record("messaging.batch.message_count", batch.len());
         match apply(&worker.pool, &batch).instrument(span).await {
             Ok(outcomes) => return Ok(outcomes),
+            // Not retried at once: the holder is unlikely to be gone in 250 ms, and
+            // each attempt would wait the whole lock timeout again.
+            Err(e) if crate::db::is_timeout(&e) => {
+                tracing::warn!(error = %e, events = batch.len(), "database wait timed out");
+                return Err(Failure::Contended(e.to_string()));
+            }
             Err(e) if crate::db::is_transient(&e) => match quick.next() {
                 Some(pause) => {
                     tracing::debug!(error = %e, "transient failure; retrying at once");

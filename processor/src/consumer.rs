@@ -8,12 +8,14 @@
 use crate::Worker;
 use common::topology;
 use futures::{FutureExt, StreamExt};
+use lapin::message::Delivery;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use rand::Rng;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,31 +131,62 @@ async fn consume_channel(
             return;
         }
     };
+    // Deliveries that arrived while a batch was being processed.
+    let mut waiting: VecDeque<Delivery> = VecDeque::new();
     loop {
-        let first = tokio::select! {
-            _ = stop.changed() => {
-                // No new deliveries; unsettled ones return to the queue on close.
-                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-                return;
-            }
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "delivery stream failed");
+        let first = match waiting.pop_front() {
+            Some(delivery) => delivery,
+            None => tokio::select! {
+                _ = stop.changed() => {
+                    // No new deliveries; unsettled ones return to the queue on close.
+                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                     return;
                 }
-                None => return,
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "delivery stream failed");
+                        return;
+                    }
+                    None => return,
+                },
             },
         };
         // Whatever else is already here joins the batch: under load batches fill up,
         // at low rates an event is applied alone without waiting.
         let mut batch = vec![first];
         while batch.len() < worker.settings.batch {
+            if let Some(delivery) = waiting.pop_front() {
+                batch.push(delivery);
+                continue;
+            }
             match consumer.next().now_or_never() {
                 Some(Some(Ok(delivery))) => batch.push(delivery),
                 _ => break,
             }
         }
-        crate::batch::process(worker, channel, &batch, &stop).await;
+        // The broker may close this channel while the batch waits on the database
+        // (consumer timeout, channel error): its deliveries are then requeued by the
+        // broker and can never be acked here, so the batch is abandoned (its
+        // transaction rolls back; a commit that made it is deduplicated on
+        // redelivery) and the channel replaced at once, not when the wait ends.
+        let processing = crate::batch::process(worker, channel, &batch, &stop);
+        tokio::pin!(processing);
+        loop {
+            tokio::select! {
+                _ = &mut processing => break,
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => waiting.push_back(delivery),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "channel failed during a batch; abandoning the batch");
+                        return;
+                    }
+                    None => {
+                        tracing::warn!("channel closed during a batch; abandoning the batch");
+                        return;
+                    }
+                },
+            }
+        }
     }
 }

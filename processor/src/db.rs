@@ -7,8 +7,36 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Connects (creating the database if it does not exist) and applies the migrations.
-pub async fn connect_and_migrate(url: &str, pool_size: u32) -> anyhow::Result<PgPool> {
+/// Bounds on every wait of the processor's own database work. The POS reads and may
+/// lock the same tables: a row it holds must cost a retry later, never a stalled
+/// consumer (a timeout is a transient failure, see [`is_transient`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `lock_timeout`: the longest wait for any lock (row, advisory, table).
+    pub lock: Duration,
+    /// `statement_timeout`: the longest any statement may run, waits included.
+    pub statement: Duration,
+}
+
+impl Default for Timeouts {
+    /// Far above any healthy wait here (a batch commits in milliseconds), far below
+    /// RabbitMQ's consumer timeout.
+    fn default() -> Self {
+        Self {
+            lock: Duration::from_secs(2),
+            statement: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Connects (creating the database if it does not exist), applies the migrations (on a
+/// connection without the timeouts: a migration may rightly take long), and returns a
+/// pool whose every connection has `timeouts` set.
+pub async fn connect_and_migrate(
+    url: &str,
+    pool_size: u32,
+    timeouts: Timeouts,
+) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url)
         .context("DATABASE_URL is not a PostgreSQL URL")?
         // Prepared statements are cached per connection; a generic plan chosen while the
@@ -17,17 +45,37 @@ pub async fn connect_and_migrate(url: &str, pool_size: u32) -> anyhow::Result<Pg
         .options([("plan_cache_mode", "force_custom_plan")]);
     wait_for_server(&options).await;
     ensure_database(&options).await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(pool_size)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
+    let mut admin = options
+        .connect()
         .await
         .context("cannot connect to PostgreSQL")?;
     sqlx::migrate!("./migrations")
-        .run(&pool)
+        .run(&mut admin)
         .await
         .context("cannot apply migrations")?;
+    let _ = admin.close().await;
+    let bounded = options.options([
+        ("lock_timeout", format!("{}ms", timeouts.lock.as_millis())),
+        (
+            "statement_timeout",
+            format!("{}ms", timeouts.statement.as_millis()),
+        ),
+    ]);
+    let pool = PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(bounded)
+        .await
+        .context("cannot connect to PostgreSQL")?;
     Ok(pool)
+}
+
+/// True for a lock wait or statement cut short by [`Timeouts`] (`55P03`
+/// lock_not_available, `57014` query_canceled): a row someone else holds, worth trying
+/// again later, alone, rather than at once with the rest of a batch.
+pub fn is_timeout(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if matches!(db.code().as_deref(), Some("55P03") | Some("57014")))
 }
 
 /// Waits (capped backoff, logged) while the server cannot be reached at all, so a

@@ -1,26 +1,31 @@
 //! `processor dlq list|replay`: what is parked in `dojo.events.dead`, and sending it back.
 //!
-//! Both read the queue with manual acks: `list` acks nothing (everything returns to the
-//! queue when the channel closes); `replay` publishes each chosen message back to the
-//! `dojo.events` exchange with confirms and acks its dead copy only then, so a message is
-//! never lost and each dead copy is replayed once. Replaying an event the processor
-//! already applied is harmless: it is deduplicated.
+//! Both walk the queue from its head with `basic.get`, one message at a time, at most
+//! as many as it held when the command started. A message that stays (every one for
+//! `list`, the unchosen ones for `replay`) is put back at the tail as a fresh copy,
+//! confirmed, and only then is the original acked: after a full pass the queue holds
+//! the same messages in the same order. It is never handed back with a requeue (nack,
+//! or a channel closed with it unacked): on a quorum queue that counts as a delivery,
+//! and RabbitMQ 4 drops a message past its delivery limit (20 by default), so looking
+//! at the dead letters 20 times would lose them. A crash between the copy and the ack
+//! can leave one message twice; replaying both is harmless. `replay` publishes each
+//! chosen message back to the `dojo.events` exchange with confirms and acks its dead copy
+//! only then, so a message is never lost and each dead copy is replayed once.
+//! Replaying an event the processor already applied is harmless: it is deduplicated.
 
 use crate::retry::{attempts, ATTEMPT_HEADER, FIRST_FAILURE_HEADER, LAST_ERROR_HEADER};
 use anyhow::Context;
 use common::topology::{DEAD_AT_HEADER, DEAD_QUEUE, DEAD_REASON_HEADER, EXCHANGE};
-use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
 use serde::Serialize;
-use std::time::Duration;
 
-/// Most messages one command looks at (they are all held unacked meanwhile).
+/// Most messages one command looks at.
 const MAX_BATCH: u32 = 10_000;
 
 #[derive(Debug, Clone, Serialize)]
@@ -94,39 +99,76 @@ async fn open(amqp_url: &str) -> anyhow::Result<(Connection, Channel, u32)> {
         )
         .await
         .with_context(|| format!("queue {DEAD_QUEUE} not found"))?;
-    let count = queue.message_count().min(MAX_BATCH);
+    // Confirms: a copy put back, or a replay, is the broker's before its original goes.
     channel
-        .basic_qos(
-            count.clamp(1, u32::from(u16::MAX)) as u16,
-            BasicQosOptions::default(),
-        )
+        .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    Ok((connection, channel, count))
+    Ok((connection, channel, queue.message_count().min(MAX_BATCH)))
 }
 
-/// Reads up to `count` deliveries from the dead-letter queue, giving each to `visit`.
+/// What to do with a dead letter once looked at.
+enum After {
+    /// It stays parked: put a copy back at the tail, then ack the original.
+    Keep,
+    /// It has been dealt with (replayed): ack it.
+    Remove,
+}
+
+/// Publishes `body` with `properties` (confirmed) to `exchange` / `routing_key`.
+async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: lapin::BasicProperties,
+) -> anyhow::Result<()> {
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        )
+        .await?
+        .await?;
+    anyhow::ensure!(
+        matches!(confirm, Confirmation::Ack(None)),
+        "publish to {exchange:?}/{routing_key} not confirmed: {confirm:?}"
+    );
+    Ok(())
+}
+
+/// Takes up to `count` messages from the head of the dead-letter queue, one at a time,
+/// and settles each as `visit` decides, never by a requeue (see the module notes).
 async fn each(
     channel: &Channel,
     count: u32,
-    mut visit: impl AsyncFnMut(Delivery) -> anyhow::Result<()>,
+    mut visit: impl AsyncFnMut(&Delivery) -> anyhow::Result<After>,
 ) -> anyhow::Result<()> {
-    if count == 0 {
-        return Ok(());
-    }
-    let mut consumer = channel
-        .basic_consume(
-            DEAD_QUEUE.into(),
-            "processor-dlq".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
     for _ in 0..count {
-        match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
-            Ok(Some(delivery)) => visit(delivery?).await?,
+        let Some(got) = channel
+            .basic_get(DEAD_QUEUE.into(), BasicGetOptions { no_ack: false })
+            .await?
+        else {
             // Fewer than counted (another reader took some): done.
-            Ok(None) | Err(_) => break,
+            break;
+        };
+        let delivery = got.delivery;
+        if let After::Keep = visit(&delivery).await? {
+            publish_confirmed(
+                channel,
+                "",
+                DEAD_QUEUE,
+                &delivery.data,
+                delivery.properties.clone(),
+            )
+            .await?;
         }
+        delivery.ack(BasicAckOptions::default()).await?;
     }
     Ok(())
 }
@@ -135,10 +177,9 @@ async fn each(
 pub async fn list(amqp_url: &str) -> anyhow::Result<Vec<DeadLetter>> {
     let (connection, channel, count) = open(amqp_url).await?;
     let mut found = Vec::new();
-    // Deliveries stay unacked and return to the queue when the channel closes.
-    each(&channel, count, async |d: Delivery| {
-        found.push(describe(&d));
-        Ok(())
+    each(&channel, count, async |d: &Delivery| {
+        found.push(describe(d));
+        Ok(After::Keep)
     })
     .await?;
     let _ = channel.close(200, "listed".into()).await;
@@ -151,11 +192,8 @@ pub async fn list(amqp_url: &str) -> anyhow::Result<Vec<DeadLetter>> {
 /// many were replayed.
 pub async fn replay(amqp_url: &str, selection: &Selection) -> anyhow::Result<u64> {
     let (connection, channel, count) = open(amqp_url).await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
     let mut replayed = 0u64;
-    each(&channel, count, async |d: Delivery| {
+    each(&channel, count, async |d: &Delivery| {
         let chosen = match selection {
             Selection::All => true,
             Selection::EventId(id) => d
@@ -165,10 +203,9 @@ pub async fn replay(amqp_url: &str, selection: &Selection) -> anyhow::Result<u64
                 .is_some_and(|m| m.as_str() == id),
         };
         if !chosen {
-            // Left unacked: back in the queue when the channel closes.
-            return Ok(());
+            return Ok(After::Keep);
         }
-        let mut headers = d.properties.headers().clone().unwrap_or_default();
+        let headers = d.properties.headers().clone().unwrap_or_default();
         let routing_key =
             header_text(&headers, "x-original-routing-key").unwrap_or_else(|| "other".into());
         let mut clean = FieldTable::default();
@@ -189,27 +226,10 @@ pub async fn replay(amqp_url: &str, selection: &Selection) -> anyhow::Result<u64
                 clean.insert(name.clone(), value.clone());
             }
         }
-        headers = clean;
-        let confirm = channel
-            .basic_publish(
-                EXCHANGE.into(),
-                routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &d.data,
-                d.properties.clone().with_headers(headers),
-            )
-            .await?
-            .await?;
-        anyhow::ensure!(
-            matches!(confirm, Confirmation::Ack(None)),
-            "replay not confirmed: {confirm:?}"
-        );
-        d.ack(BasicAckOptions::default()).await?;
+        let properties = d.properties.clone().with_headers(clean);
+        publish_confirmed(&channel, EXCHANGE, &routing_key, &d.data, properties).await?;
         replayed += 1;
-        Ok(())
+        Ok(After::Remove)
     })
     .await?;
     let _ = channel.close(200, "replayed".into()).await;

@@ -6,7 +6,8 @@
 //!   (one transaction), ack (`multiple`); [`handle`]: reading one message;
 //!   [`settle`]: retry later ([`retry`]: the delay queues) or dead-letter;
 //! - [`dedupe`]: the Redis fast path; [`apply`]: the batch transaction (the truth);
-//! - [`rule`]: the payment state rule, as pure functions;
+//! - [`rule`]: the payment state rule, as pure functions; [`payload`]: what of the body
+//!   is stored where (any valid JSON, losslessly);
 //! - [`api`]: health, readiness and the read API; [`db`]: pool and migrations.
 
 pub mod api;
@@ -18,6 +19,7 @@ pub mod dedupe;
 pub mod dlq;
 pub mod handle;
 pub mod metrics;
+pub mod payload;
 pub mod retry;
 pub mod rule;
 pub mod settings;
@@ -56,7 +58,12 @@ impl Application {
     /// Connects to PostgreSQL (creating the database and applying migrations) and binds
     /// the HTTP listener. Consuming starts in [`Application::run_until_stopped`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = db::connect_and_migrate(&settings.database_url, settings.db_pool).await?;
+        let pool = db::connect_and_migrate(
+            &settings.database_url,
+            settings.db_pool,
+            settings.db_timeouts,
+        )
+        .await?;
         // Markers are only valid for the database they describe.
         let database_id = db::identity(&pool)
             .await

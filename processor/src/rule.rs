@@ -315,7 +315,61 @@ mod tests {
         )
     }
 
+    #[test]
+    fn dates_that_used_to_saturate_are_refused_before_the_rule() {
+        // 2263 and 2300 both saturated to 2262-04-11 and tied; 1400 and 1500 to 1677.
+        for at in [
+            "2263-01-01T00:00:00Z",
+            "2300-01-01T00:00:00Z",
+            "1400-01-01T00:00:00Z",
+            "1500-01-01T00:00:00Z",
+        ] {
+            let body = serde_json::json!({
+                "id": "e", "event": "payment_intent.status_updated", "accountId": "acc", "createdAt": at,
+                "data": {"paymentIntentId": "pi_1", "paymentStatus": "Captured"}
+            });
+            assert!(
+                DojoEvent::from_json(body.to_string().as_bytes()).is_err(),
+                "{at}"
+            );
+        }
+    }
+
+    fn at(secs: i64, nanos: u32) -> String {
+        chrono::DateTime::from_timestamp(secs, nanos)
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    }
+
     proptest! {
+        /// Anywhere in the accepted range (1970 to 2262), the event with the latest
+        /// instant sets the status, whatever the order and however far apart they are.
+        #[test]
+        fn the_latest_instant_wins_across_the_whole_range(
+            times in prop::collection::vec((0i64..9_214_646_400, 0u32..1_000_000_000, 0usize..6), 1..8),
+            seed in any::<u64>(),
+        ) {
+            let mut events: Vec<DojoEvent> = times
+                .iter()
+                .enumerate()
+                .map(|(i, (s, n, status))| {
+                    event(&format!("evt_{i}"), "payment_intent.status_updated", STATUSES[*status], &at(*s, *n))
+                })
+                .collect();
+            let latest = times.iter().enumerate().max_by_key(|(i, (s, n, _))| {
+                (*s, *n, events[*i].data.payment_status.as_ref().unwrap().stage(), format!("evt_{i}"))
+            }).map(|(i, _)| i).unwrap();
+            let winner = events[latest].clone();
+            let mut s = seed;
+            for i in (1..events.len()).rev() {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                events.swap(i, (s >> 33) as usize % (i + 1));
+            }
+            let record = fold(&events).unwrap();
+            prop_assert_eq!(record.stamp.event_id, winner.id);
+            prop_assert_eq!(record.stamp.nanos, winner.created_at.epoch_nanos());
+        }
+
         #[test]
         fn any_order_gives_the_same_record_as_sorted_order(
             events in arb_events(), seed in any::<u64>()

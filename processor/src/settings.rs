@@ -26,6 +26,9 @@ pub struct Settings {
     pub batch: usize,
     /// `PROCESSOR_DB_POOL`: PostgreSQL connections.
     pub db_pool: u32,
+    /// `PROCESSOR_DB_LOCK_TIMEOUT_MS` and `PROCESSOR_DB_STATEMENT_TIMEOUT_MS`: the
+    /// longest any lock wait and any statement may take.
+    pub db_timeouts: crate::db::Timeouts,
     /// `PROCESSOR_CLAIM_LEASE_MS`: how long a Redis `processing` claim lives if its holder dies.
     pub claim_lease: Duration,
     /// `PROCESSOR_DONE_TTL_SECS`: how long the Redis `done` marker short-cuts duplicates.
@@ -44,6 +47,15 @@ impl Settings {
         let channels = parsed(src, "PROCESSOR_CHANNELS", 8usize)?;
         let batch = parsed(src, "PROCESSOR_BATCH", 64usize)?;
         let prefetch = parsed(src, "PROCESSOR_PREFETCH", 256u16)?;
+        for name in [
+            "PROCESSOR_DB_LOCK_TIMEOUT_MS",
+            "PROCESSOR_DB_STATEMENT_TIMEOUT_MS",
+        ] {
+            if parsed(src, name, 1u64)? == 0 {
+                // 0 means "no limit" to PostgreSQL: exactly what these must not be.
+                return Err(ConfigError(format!("{name} must be at least 1")));
+            }
+        }
         if channels == 0 || batch == 0 || prefetch == 0 {
             return Err(ConfigError(
                 "PROCESSOR_CHANNELS, PROCESSOR_BATCH and PROCESSOR_PREFETCH must be at least 1"
@@ -65,6 +77,14 @@ impl Settings {
             channels,
             batch,
             db_pool: parsed(src, "PROCESSOR_DB_POOL", 16u32)?,
+            db_timeouts: crate::db::Timeouts {
+                lock: Duration::from_millis(parsed(src, "PROCESSOR_DB_LOCK_TIMEOUT_MS", 2_000)?),
+                statement: Duration::from_millis(parsed(
+                    src,
+                    "PROCESSOR_DB_STATEMENT_TIMEOUT_MS",
+                    15_000,
+                )?),
+            },
             claim_lease: Duration::from_millis(parsed(src, "PROCESSOR_CLAIM_LEASE_MS", 30_000)?),
             done_ttl: Duration::from_secs(parsed(src, "PROCESSOR_DONE_TTL_SECS", 7 * 24 * 3600)?),
             retry: crate::retry::Schedule::parse(
@@ -90,6 +110,16 @@ mod tests {
             "postgres://postgres@127.0.0.1:5432/dojo_events"
         );
         assert!(s.api_token.is_none());
+    }
+
+    #[test]
+    fn database_waits_are_bounded_by_default_and_never_unbounded() {
+        let s = Settings::from_source(&HashMap::new()).unwrap();
+        assert_eq!(s.db_timeouts.lock, Duration::from_secs(2));
+        assert_eq!(s.db_timeouts.statement, Duration::from_secs(15));
+        let src: HashMap<String, String> =
+            [("PROCESSOR_DB_LOCK_TIMEOUT_MS".into(), "0".into())].into();
+        assert!(Settings::from_source(&src).is_err());
     }
 
     #[test]
