@@ -107,7 +107,7 @@ async fn counters_and_histograms_move_by_what_a_batch_did() {
             &ing0,
             &ing1,
             received,
-            "answer=\"accepted\",channel=\"webhook\""
+            "answer=\"accepted\",channel=\"webhook\",location=\"default\""
         ),
         10.0
     );
@@ -116,7 +116,7 @@ async fn counters_and_histograms_move_by_what_a_batch_did() {
             &ing0,
             &ing1,
             received,
-            "answer=\"accepted\",channel=\"rest\""
+            "answer=\"accepted\",channel=\"rest\",location=\"default\""
         ),
         4.0
     );
@@ -125,7 +125,7 @@ async fn counters_and_histograms_move_by_what_a_batch_did() {
             &ing0,
             &ing1,
             received,
-            "answer=\"invalid\",channel=\"webhook\""
+            "answer=\"invalid\",channel=\"webhook\",location=\"default\""
         ),
         1.0
     );

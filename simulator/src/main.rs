@@ -25,6 +25,15 @@ struct Cli {
 enum Command {
     /// Generate payment lifecycles and deliver them over WebSocket, webhooks and REST.
     Run(Box<RunArgs>),
+    /// Print the locations file of `--count` simulated locations (the same ones
+    /// `run --locations N` plays): start ingress with it as DOJO_LOCATIONS_FILE.
+    Locations {
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+        /// Give every location a WebSocket (`websocket = true`).
+        #[arg(long)]
+        websocket: bool,
+    },
     /// Serve a fake of Dojo's registration API (for trying `ingress register`).
     FakeApi {
         #[arg(long, default_value = "127.0.0.1:9100")]
@@ -62,6 +71,10 @@ struct RunArgs {
     intents: usize,
     #[arg(long, default_value = "acc_simulator")]
     account: String,
+    /// Play N locations (those of `dojo-simulator locations --count N`): each location's
+    /// --intents payments go over its own socket, routes and secrets.
+    #[arg(long)]
+    locations: Option<usize>,
     /// Fraction of events delivered twice.
     #[arg(long, default_value_t = 0.3)]
     duplicates: f64,
@@ -94,6 +107,13 @@ async fn main() {
     let result = match cli.command {
         Command::Run(args) => run(*args).await,
         Command::FakeApi { listen } => fake_api(&listen).await,
+        Command::Locations { count, websocket } => {
+            print!(
+                "{}",
+                simulator::locations::to_toml(&simulator::locations::generate(count, 1), websocket)
+            );
+            Ok(())
+        }
     };
     if let Err(e) = result {
         eprintln!("dojo-simulator: {e:#}");
@@ -129,14 +149,28 @@ async fn fake_api(listen: &str) -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut targets = Targets::default();
+    let sims = args
+        .locations
+        .map(|n| simulator::locations::generate(n, 1))
+        .unwrap_or_default();
     if let Some(addr) = &args.ws_listen {
-        let ws = DojoWs::bind(addr, args.ws_api_key.clone()).await?;
+        let ws = if sims.is_empty() {
+            DojoWs::bind(addr, args.ws_api_key.clone()).await?
+        } else {
+            DojoWs::bind_keys(addr, Some(sims.iter().map(|l| l.api_key.clone()).collect())).await?
+        };
+        let want = sims.len().max(1);
         println!(
-            "Dojo WebSocket endpoint at {}; waiting for ingress to connect...",
+            "Dojo WebSocket endpoint at {}; waiting for {want} socket(s) from ingress...",
             ws.url()
         );
-        ws.wait_for_connection(1, Duration::from_secs(120)).await?;
+        ws.wait_for_open(want, Duration::from_secs(120)).await?;
         targets.ws = Some(ws);
+    }
+    for l in &sims {
+        targets
+            .locations
+            .insert(l.account_id.clone(), l.target(args.ingress.as_deref()));
     }
     if let Some(url) = &args.ingress {
         targets.http = Some(Dojo::new(
@@ -159,8 +193,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         !channels.is_empty(),
         "nothing to send to: give --ingress and/or --ws-listen"
     );
-    let scenario = scenario::lifecycles(&args.account, args.intents, args.duplicates, args.seed)
-        .with_late(args.late, args.seed);
+    let scenario = if sims.is_empty() {
+        scenario::lifecycles(&args.account, args.intents, args.duplicates, args.seed)
+    } else {
+        simulator::locations::lifecycles(&sims, args.intents, args.duplicates, args.seed)
+    }
+    .with_late(args.late, args.seed);
     let options = Options {
         channels,
         rate: args.rate,
