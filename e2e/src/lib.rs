@@ -3,11 +3,14 @@
 //! - [`isolation`]: a RabbitMQ vhost, a PostgreSQL database and a Redis key prefix per
 //!   test, so tests run in parallel against the machine's real services and can break
 //!   their own broker without touching anyone else's;
+//! - [`private_broker`]: a throwaway RabbitMQ node of its own, for faults that take a
+//!   whole node (alarms, stops) and must not touch the shared broker;
 //! - [`wait_until`]: waiting on a condition with a deadline (never a bare sleep).
 //!
 //! Dojo itself is played by the `simulator` crate.
 
 pub mod isolation;
+pub mod private_broker;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
