@@ -14,13 +14,14 @@ pub async fn healthz() -> HttpResponse {
 
 pub async fn readyz(state: web::Data<State>) -> HttpResponse {
     let websockets = state.sockets.status();
+    // `connected`, or why not: `disconnected`, `blocked` (a resource alarm), `failing`.
+    let broker = state.publisher.state();
     if state.publisher.is_ready() {
         HttpResponse::Ok()
-            .json(json!({"status": "ready", "broker": "connected", "websockets": websockets}))
+            .json(json!({"status": "ready", "broker": broker, "websockets": websockets}))
     } else {
-        HttpResponse::ServiceUnavailable().json(
-            json!({"status": "not ready", "broker": "disconnected", "websockets": websockets}),
-        )
+        HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "not ready", "broker": broker, "websockets": websockets}))
     }
 }
 
