@@ -3,7 +3,8 @@
 //! Per-location series carry the `location` label: a location id from the locations
 //! file (bounded by it), `unknown` for a path naming no location, or `none` before a
 //! delivery was tied to a location (never free text from a request). A removed
-//! location's series are removed with it.
+//! location's socket and wrong-account series are removed with it; its delivery
+//! counters stay until the process restarts (counters must not go backwards).
 
 use common::metrics::{counter_vec, gauge, gauge_vec, histogram, histogram_vec, LATENCY_BUCKETS};
 use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry};
