@@ -143,10 +143,29 @@ async fn any_valid_json_body_acknowledged_is_stored_exactly_and_applied() {
             .unwrap();
         assert!(is_success(&reply), "{reply}");
     }
+    // And every odd body the HTTP routes took, as raw params text, stored byte for byte.
+    let over_ws: Vec<(String, String, String)> = odd_bodies(6)
+        .into_iter()
+        .map(|(id, pi, body)| {
+            let (ws_id, ws_pi) = (format!("{id}_ws"), format!("{pi}_ws"));
+            let body = body
+                .replace(&format!("\"{id}\""), &format!("\"{ws_id}\""))
+                .replace(&format!("\"{pi}\""), &format!("\"{ws_pi}\""));
+            (ws_id, ws_pi, body)
+        })
+        .collect();
+    for (_, _, body) in &over_ws {
+        let reply = ws
+            .call_raw(None, "HandleEventV1", body, REPLY)
+            .await
+            .unwrap();
+        assert!(is_success(&reply), "{body}: {reply}");
+    }
 
     let pool = services.db.pool().await.unwrap();
     let everyone: Vec<&str> = http
         .iter()
+        .chain(&over_ws)
         .map(|(_, pi, _)| pi.as_str())
         .chain(ws_events.iter().map(|(_, pi)| pi.as_str()))
         .collect();
@@ -154,7 +173,7 @@ async fn any_valid_json_body_acknowledged_is_stored_exactly_and_applied() {
         let record = wait_until(&format!("{pi} stored"), PATIENCE, || intent(&pool, pi)).await;
         assert_eq!(record.status, "Created");
     }
-    for (id, _, body) in &http {
+    for (id, _, body) in http.iter().chain(&over_ws) {
         let (payload, exact): (Value, Option<String>) =
             sqlx::query_as("SELECT payload, payload_text FROM dojo_events WHERE event_id = $1")
                 .bind(id)

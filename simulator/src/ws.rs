@@ -382,6 +382,19 @@ impl DojoWs {
         params: Value,
         timeout: Duration,
     ) -> anyhow::Result<Value> {
+        self.call_raw(key, method, &params.to_string(), timeout)
+            .await
+    }
+
+    /// A request whose `params` is `params_text` exactly as given (any valid JSON text,
+    /// also what `serde_json::Value` cannot hold, such as a lone surrogate escape).
+    pub async fn call_raw(
+        &self,
+        key: Option<&str>,
+        method: &str,
+        params_text: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
         let id = format!("sim-{}", self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         self.inner
@@ -389,8 +402,11 @@ impl DojoWs {
             .lock()
             .expect("lock")
             .insert(id.clone(), tx);
-        let request =
-            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
+        let request = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"method":{},"params":{params_text}}}"#,
+            json!(id),
+            json!(method)
+        );
         let sent = match key {
             Some(key) => self.send_text_on(key, request),
             None => self.send_text(request),

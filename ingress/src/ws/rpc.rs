@@ -40,24 +40,62 @@ fn text(headers: &Value, name: &str) -> Option<String> {
     }
 }
 
+/// The members of a JSON object in their order, each value as its raw text.
+struct Members<'a>(Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object (the event)")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::new();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    members.push((key, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 /// Splits `params` into the event (everything but `headers`) and the requestor headers.
+/// The event's members are kept as their raw text, byte for byte: whatever an HTTP
+/// route would store, the socket stores too (a value `serde_json::Value` cannot hold,
+/// such as a lone surrogate escape or a number beyond `f64`, included).
 fn split_params(params: &RawValue) -> Result<(Vec<u8>, RequestorHeaders), String> {
-    let mut value: Value = serde_json::from_str(params.get())
-        .map_err(|e| format!("params are not valid JSON: {e}"))?;
-    let object = value
-        .as_object_mut()
-        .ok_or("params must be an object (the event)")?;
-    let headers = object.remove("headers").unwrap_or(Value::Null);
+    let Members(members) = serde_json::from_str(params.get())
+        .map_err(|e| format!("params must be an object (the event): {e}"))?;
+    let mut event = Vec::with_capacity(params.get().len());
+    let mut headers = Value::Null;
+    event.push(b'{');
+    for (key, value) in members {
+        if key == "headers" {
+            headers = serde_json::from_str(value.get()).unwrap_or(Value::Null);
+            continue;
+        }
+        if event.len() > 1 {
+            event.push(b',');
+        }
+        serde_json::to_writer(&mut event, &key).expect("a key serialises");
+        event.push(b':');
+        event.extend_from_slice(value.get().as_bytes());
+    }
+    event.push(b'}');
     let requestor = RequestorHeaders {
         waiter_id: text(&headers, "waiterId"),
         dojo_requesting_product: text(&headers, "dojoRequestingProduct"),
         device_id: text(&headers, "deviceId"),
         device_type: text(&headers, "deviceType"),
     };
-    Ok((
-        serde_json::to_vec(&value).expect("a JSON value serialises"),
-        requestor,
-    ))
+    Ok((event, requestor))
 }
 
 /// Handles one text frame, in a span of its own (a new trace: Dojo sends no trace
@@ -162,6 +200,18 @@ mod tests {
         assert_eq!(headers.waiter_id.as_deref(), Some("42"));
         assert_eq!(headers.device_type.as_deref(), Some("Dojo Terminal"));
         assert_eq!(headers.device_id, None);
+    }
+
+    #[test]
+    fn what_serde_json_values_cannot_hold_stays_as_sent() {
+        let raw = r#"{"id":"e","odd":"\ud800x","big":1e999999,"n":12345678901234567890123,"headers":{"waiterId":"7"},"x":[1, 2]}"#;
+        let params = RawValue::from_string(raw.into()).unwrap();
+        let (event, headers) = split_params(&params).unwrap();
+        assert_eq!(
+            String::from_utf8(event).unwrap(),
+            r#"{"id":"e","odd":"\ud800x","big":1e999999,"n":12345678901234567890123,"x":[1, 2]}"#
+        );
+        assert_eq!(headers.waiter_id.as_deref(), Some("7"));
     }
 
     #[test]
