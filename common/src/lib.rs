@@ -6,6 +6,7 @@
 //! ([`signature`]), configuration pieces ([`settings`]) and logging set-up
 //! ([`telemetry`]). Nothing here knows about HTTP frameworks.
 
+pub mod amqp;
 pub mod envelope;
 pub mod error;
 pub mod event;

@@ -9,6 +9,7 @@
 //!
 //! Dojo itself is played by the `simulator` crate.
 
+pub mod cluster;
 pub mod isolation;
 pub mod private_broker;
 

@@ -89,6 +89,12 @@ impl PrivateBroker {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The node's operating-system process (the Erlang VM), for SIGSTOP/SIGCONT.
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        let text = std::fs::read_to_string(self.dir.join("pid")).context("no pid file")?;
+        text.trim().parse().context("pid file")
+    }
+
     /// The default vhost, as guest (allowed from localhost).
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)

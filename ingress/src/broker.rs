@@ -14,6 +14,7 @@
 //!   channel errors), whatever the broker's reason: readiness is false and the
 //!   supervisor replaces the connection and its channels.
 
+use common::amqp::Brokers;
 use common::topology;
 use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -211,9 +212,15 @@ impl Publisher {
     }
 }
 
-async fn connect(url: &str, channels: usize) -> lapin::Result<Live> {
+async fn connect(brokers: &Brokers, channels: usize) -> (String, lapin::Result<Live>) {
     let props = ConnectionProperties::default().with_connection_name("ingress".into());
-    let connection = Connection::connect(url, props).await?;
+    match brokers.connect(props).await {
+        (node, Ok(connection)) => (node, open_channels(connection, channels).await),
+        (node, Err(e)) => (node, Err(e)),
+    }
+}
+
+async fn open_channels(connection: Connection, channels: usize) -> lapin::Result<Live> {
     let mut pool = Vec::with_capacity(channels);
     for i in 0..channels {
         let channel = connection.create_channel().await?;
@@ -241,11 +248,18 @@ fn jittered(d: Duration) -> Duration {
 }
 
 async fn supervise(shared: Arc<Shared>, url: String, channels: usize, max: Duration) {
-    let redacted = common::settings::redact_url(&url);
+    let brokers = match Brokers::parse(&url) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot connect to the broker");
+            return;
+        }
+    };
     let mut stop = shared.stop.subscribe();
     let mut backoff = Duration::from_millis(100);
     while !*stop.borrow() {
-        match connect(&url, channels).await {
+        let (redacted, connected) = connect(&brokers, channels).await;
+        match connected {
             Ok(live) => {
                 tracing::info!(broker = %redacted, channels, "connected to the broker");
                 backoff = Duration::from_millis(100);

@@ -44,7 +44,8 @@ pub struct WsSettings {
 pub struct Settings {
     /// `INGRESS_ADDR`; port 0 picks a free port (tests).
     pub addr: String,
-    /// `AMQP_URL`; may hold a password: log it through `redact_url` only.
+    /// `AMQP_URL`: one URL, or one per cluster node, comma-separated
+    /// (`common::amqp::Brokers`); may hold a password: log it through `redact_url` only.
     pub amqp_url: String,
     /// The locations served: `DOJO_LOCATIONS_FILE`, or the single-location variables.
     pub locations: Locations,
@@ -120,6 +121,8 @@ impl Settings {
             ),
             lease_grace: Duration::from_millis(parsed(src, "INGRESS_WS_LEASE_GRACE_MS", 30_000)?),
         };
+        let amqp_url = or_default(src, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        common::amqp::Brokers::parse(&amqp_url)?;
         Ok(Self {
             locations: Locations::from_source(src, single_ws)?,
             locations_file,
@@ -128,7 +131,7 @@ impl Settings {
             ),
             ws,
             addr: or_default(src, "INGRESS_ADDR", "0.0.0.0:8080"),
-            amqp_url: or_default(src, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            amqp_url,
             publish_timeout: Duration::from_millis(parsed(
                 src,
                 "INGRESS_PUBLISH_TIMEOUT_MS",

@@ -6,6 +6,7 @@
 //! starts afresh; nothing is ever acked across channels.
 
 use crate::Worker;
+use common::amqp::Brokers;
 use common::topology;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -24,11 +25,18 @@ use tokio::task::JoinSet;
 
 /// Runs until `stop` turns true; reconnects with capped backoff whenever the broker goes.
 pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
-    let redacted = common::settings::redact_url(&worker.settings.amqp_url);
+    let brokers = match Brokers::parse(&worker.settings.amqp_url) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot consume");
+            return;
+        }
+    };
     let mut backoff = Duration::from_millis(100);
     let mut opened = 0u64;
     while !*stop.borrow() {
-        match connect(&worker).await {
+        let (redacted, connected) = connect(&worker, &brokers).await;
+        match connected {
             Ok((connection, channels)) => {
                 if opened > 0 {
                     worker.metrics.broker_reconnects.inc();
@@ -63,9 +71,22 @@ pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     tracing::info!("consumer stopped");
 }
 
-async fn connect(worker: &Worker) -> lapin::Result<(Connection, Vec<Channel>)> {
+/// One attempt on the next node of `AMQP_URL`; the node's redacted URL comes back too.
+async fn connect(
+    worker: &Worker,
+    brokers: &Brokers,
+) -> (String, lapin::Result<(Connection, Vec<Channel>)>) {
     let props = ConnectionProperties::default().with_connection_name("processor".into());
-    let connection = Connection::connect(&worker.settings.amqp_url, props).await?;
+    match brokers.connect(props).await {
+        (node, Ok(connection)) => (node, open_channels(worker, connection).await),
+        (node, Err(e)) => (node, Err(e)),
+    }
+}
+
+async fn open_channels(
+    worker: &Worker,
+    connection: Connection,
+) -> lapin::Result<(Connection, Vec<Channel>)> {
     let mut channels = Vec::with_capacity(worker.settings.channels);
     for i in 0..worker.settings.channels {
         let channel = connection.create_channel().await?;

@@ -84,7 +84,8 @@ fn describe(delivery: &Delivery) -> DeadLetter {
 
 async fn open(amqp_url: &str) -> anyhow::Result<(Connection, Channel, u32)> {
     let props = ConnectionProperties::default().with_connection_name("processor dlq".into());
-    let connection = Connection::connect(amqp_url, props)
+    let connection = common::amqp::Brokers::parse(amqp_url)?
+        .connect_any(props)
         .await
         .context("cannot connect to RabbitMQ")?;
     let channel = connection.create_channel().await?;

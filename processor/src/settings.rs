@@ -8,7 +8,8 @@ use std::time::Duration;
 pub struct Settings {
     /// `PROCESSOR_ADDR`; port 0 picks a free port (tests).
     pub addr: String,
-    /// `AMQP_URL`.
+    /// `AMQP_URL`: one URL, or one per cluster node, comma-separated
+    /// (`common::amqp::Brokers`).
     pub amqp_url: String,
     /// `REDIS_URL`.
     pub redis_url: String,
@@ -62,9 +63,11 @@ impl Settings {
                     .into(),
             ));
         }
+        let amqp_url = or_default(src, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        common::amqp::Brokers::parse(&amqp_url)?;
         Ok(Self {
             addr: or_default(src, "PROCESSOR_ADDR", "0.0.0.0:8081"),
-            amqp_url: or_default(src, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            amqp_url,
             redis_url: or_default(src, "REDIS_URL", "redis://127.0.0.1:6379"),
             database_url: or_default(
                 src,

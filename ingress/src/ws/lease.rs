@@ -18,6 +18,7 @@
 //! only while one of them is cut off from the broker, for at most the grace.
 
 use crate::metrics::Metrics;
+use common::amqp::Brokers;
 use futures::StreamExt;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -38,7 +39,10 @@ pub async fn hold(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let redacted = common::settings::redact_url(&url);
+    let Ok(brokers) = Brokers::parse(&url) else {
+        return;
+    };
+    let redacted = brokers.redacted();
     let mut connection: Option<Connection> = None;
     // While holding sockets without a live lease: until when they may stay open.
     let mut grace_until: Option<Instant> = None;
@@ -46,7 +50,7 @@ pub async fn hold(
         if connection.as_ref().is_none_or(|c| !c.status().connected()) {
             let props = ConnectionProperties::default()
                 .with_connection_name("ingress websocket lease".into());
-            connection = Connection::connect(&url, props).await.ok();
+            connection = brokers.connect_any(props).await.ok();
         }
         if let Some(conn) = &connection {
             if try_declare(conn).await {

@@ -1,0 +1,113 @@
+//! Connecting to RabbitMQ when it is a cluster: `AMQP_URL` holds one URL or several,
+//! comma-separated (one per node, e.g.
+//! `amqp://u:p@rabbit-0:5672/%2f,amqp://u:p@rabbit-1:5672/%2f,amqp://u:p@rabbit-2:5672/%2f`).
+//!
+//! Each connection attempt goes to the next node in turn (round robin), so a service
+//! whose node stopped reconnects to another one on its very next attempt, with the
+//! caller's usual backoff between attempts. An attempt that gets no answer (a node
+//! paused, or cut off by a partition, accepts TCP and then says nothing) is given up
+//! after [`ATTEMPT_TIMEOUT`].
+
+use lapin::{Connection, ConnectionProperties};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Longest wait for one node to complete the AMQP handshake.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The nodes of `AMQP_URL`; cheap to share.
+#[derive(Debug)]
+pub struct Brokers {
+    urls: Vec<String>,
+    next: AtomicUsize,
+}
+
+impl Brokers {
+    /// Splits `AMQP_URL` on commas (blanks ignored). Each URL must be `amqp://` or
+    /// `amqps://`.
+    pub fn parse(list: &str) -> Result<Self, crate::settings::ConfigError> {
+        let urls: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if urls.is_empty() {
+            return Err(crate::settings::ConfigError("AMQP_URL is empty".into()));
+        }
+        if let Some(bad) = urls
+            .iter()
+            .find(|u| !(u.starts_with("amqp://") || u.starts_with("amqps://")))
+        {
+            return Err(crate::settings::ConfigError(format!(
+                "AMQP_URL: {:?} is not an amqp:// or amqps:// URL",
+                crate::settings::redact_url(bad)
+            )));
+        }
+        Ok(Self {
+            urls,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Every node, passwords masked, for logs.
+    pub fn redacted(&self) -> String {
+        self.urls
+            .iter()
+            .map(|u| crate::settings::redact_url(u))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// One attempt on the next node in turn; the redacted URL of the node tried comes
+    /// back with the outcome.
+    pub async fn connect(
+        &self,
+        props: ConnectionProperties,
+    ) -> (String, lapin::Result<Connection>) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.urls.len();
+        let url = &self.urls[i];
+        let outcome =
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, Connection::connect(url, props)).await {
+                Ok(result) => result,
+                Err(_) => Err(lapin::Error::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no AMQP handshake within {ATTEMPT_TIMEOUT:?}"),
+                ))),
+            };
+        (crate::settings::redact_url(url), outcome)
+    }
+
+    /// Tries every node once, in turn from the next one; the first that answers wins.
+    pub async fn connect_any(&self, props: ConnectionProperties) -> lapin::Result<Connection> {
+        let mut last = None;
+        for _ in 0..self.urls.len() {
+            match self.connect(props.clone()).await {
+                (_, Ok(c)) => return Ok(c),
+                (_, Err(e)) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one URL"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_or_several_nodes() {
+        assert_eq!(Brokers::parse("amqp://a/%2f").unwrap().urls.len(), 1);
+        let b = Brokers::parse("amqp://u:secret@a:5672/%2f, amqp://u:secret@b:5672/%2f,").unwrap();
+        assert_eq!(b.urls.len(), 2);
+        assert!(!b.redacted().contains("secret"));
+        assert!(Brokers::parse(" , ").is_err());
+        let err = Brokers::parse("amqp://a,http://u:secret@b")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not an amqp") && !err.contains("secret"),
+            "{err}"
+        );
+    }
+}
