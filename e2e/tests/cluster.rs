@@ -21,6 +21,9 @@ use support::*;
 
 const RATE: u64 = 1000;
 
+/// Something done to the cluster (off the async runtime: `rabbitmqctl` blocks).
+type ClusterStep = Box<dyn FnOnce(&Cluster) -> anyhow::Result<()> + Send>;
+
 /// One delivery: its event id, when it was answered, and whether it was acknowledged.
 struct Answer {
     id: String,
@@ -156,7 +159,7 @@ async fn a_three_node_cluster_loses_nothing_through_a_leader_stop_a_rolling_rest
     .await;
     let pool = services.db.pool().await.unwrap();
     let dojo = dojo(&ingress);
-    let blocking = |f: Box<dyn FnOnce(&Cluster) -> anyhow::Result<()> + Send>| {
+    let blocking = |f: ClusterStep| {
         let c = cluster.clone();
         async move {
             tokio::task::spawn_blocking(move || f(&c))
