@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=${PROFILE:-release}
-cargo build --profile "$profile" -p ingress -p processor
+# The simulator too, so that "Try it in one minute" (README) runs without another build.
+cargo build --profile "$profile" -p ingress -p processor -p simulator
 dir=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 
 # Local defaults; anything already in the environment wins.
@@ -23,7 +24,15 @@ stop() {
   kill -TERM "$ingress" "$processor" 2>/dev/null || true
   wait "$ingress" "$processor" 2>/dev/null || true
 }
-trap stop INT TERM
-# If either exits on its own, stop the other too.
-wait -n "$ingress" "$processor" || true
+stopping=
+trap 'stopping=1; stop' INT TERM
+# If either exits on its own, stop the other too, and exit non-zero: a service that
+# could not start (bad configuration, port taken) is a failed run.
+rc=0
+wait -n "$ingress" "$processor" || rc=$?
+if [ -z "$stopping" ]; then
+  echo "run-local: a service exited on its own (status $rc); stopping the other" >&2
+  stop
+  exit $(( rc == 0 ? 1 : rc ))
+fi
 stop

@@ -51,19 +51,32 @@ struct RunArgs {
     #[arg(long)]
     ws_listen: Option<String>,
     /// API key the WebSocket handshake must present (any, if unset).
-    #[arg(long, env = "DOJO_API_KEY")]
+    #[arg(long, env = "DOJO_API_KEY", hide_env_values = true)]
     ws_api_key: Option<String>,
-    /// Webhook signing secret (the first of DOJO_WEBHOOK_SECRETS).
+    /// Webhook signing secret (the first of DOJO_WEBHOOK_SECRETS; default: Dojo's
+    /// published test secret, as deploy/run-local.sh uses).
     #[arg(
         long,
         env = "DOJO_WEBHOOK_SECRETS",
-        default_value = "ws_OYsyzcrH70GpJfs8MMkKpg"
+        hide_env_values = true,
+        hide_default_value = true,
+        default_value = simulator::event::DOC_SECRET
     )]
     webhook_secret: String,
     #[arg(long, env = "DOJO_REST_USERNAME", default_value = "dojo")]
     rest_username: String,
-    #[arg(long, env = "DOJO_REST_PASSWORD", default_value = "change-me")]
+    /// REST password (default: deploy/run-local.sh's).
+    #[arg(
+        long,
+        env = "DOJO_REST_PASSWORD",
+        hide_env_values = true,
+        hide_default_value = true,
+        default_value = "change-me"
+    )]
     rest_password: String,
+    /// Seconds to wait for ingress's WebSocket(s) with --ws-listen.
+    #[arg(long, default_value_t = 30)]
+    ws_wait: u64,
     /// Channels to use (default: every one configured above).
     #[arg(long, value_delimiter = ',')]
     channels: Vec<Via>,
@@ -94,7 +107,14 @@ struct RunArgs {
     /// Processor base URL: check every intent's final status through its read API.
     #[arg(long)]
     verify_url: Option<String>,
-    #[arg(long, env = "PROCESSOR_API_TOKEN", default_value = "change-me")]
+    /// Bearer token of the read API (default: deploy/run-local.sh's).
+    #[arg(
+        long,
+        env = "PROCESSOR_API_TOKEN",
+        hide_env_values = true,
+        hide_default_value = true,
+        default_value = "change-me"
+    )]
     api_token: String,
     /// Write the JSON report here as well.
     #[arg(long)]
@@ -164,7 +184,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "Dojo WebSocket endpoint at {}; waiting for {want} socket(s) from ingress...",
             ws.url()
         );
-        ws.wait_for_open(want, Duration::from_secs(120)).await?;
+        ws.wait_for_open(want, Duration::from_secs(args.ws_wait))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}. Is ingress running with DOJO_WS_URL={} and DOJO_API_KEY set (or a \
+                     locations file from `dojo-simulator locations --websocket`)? To send \
+                     webhooks and REST only, leave out --ws-listen.",
+                    ws.url()
+                )
+            })?;
         targets.ws = Some(ws);
     }
     for l in &sims {
