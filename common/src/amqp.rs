@@ -35,19 +35,40 @@ impl Brokers {
         if urls.is_empty() {
             return Err(crate::settings::ConfigError("AMQP_URL is empty".into()));
         }
-        if let Some(bad) = urls
-            .iter()
-            .find(|u| !(u.starts_with("amqp://") || u.starts_with("amqps://")))
-        {
-            return Err(crate::settings::ConfigError(format!(
-                "AMQP_URL: {:?} is not an amqp:// or amqps:// URL",
-                crate::settings::redact_url(bad)
-            )));
+        for url in &urls {
+            let shown = crate::settings::redact_url(url);
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                return Err(crate::settings::ConfigError(format!(
+                    "AMQP_URL: {shown:?} is not an amqp:// or amqps:// URL"
+                )));
+            }
+            // lapin's own parser: what it cannot read would otherwise fail at every retry.
+            if let Err(e) = url.parse::<lapin::uri::AMQPUri>() {
+                let e = e.replace(url.as_str(), &shown);
+                return Err(crate::settings::ConfigError(format!(
+                    "AMQP_URL: {shown:?} cannot be parsed: {e}"
+                )));
+            }
         }
         Ok(Self {
             urls,
             next: AtomicUsize::new(0),
         })
+    }
+
+    /// What a failed attempt means, for the log line: refused credentials, a vhost the
+    /// user may not use, or a broker that cannot be reached are different problems.
+    pub fn explain(error: &lapin::Error) -> &'static str {
+        let text = error.to_string();
+        if text.contains("ACCESS_REFUSED") || text.contains("ACCESS-REFUSED") {
+            "RabbitMQ refused the credentials in AMQP_URL (ACCESS_REFUSED)"
+        } else if text.contains("NOT_ALLOWED") || text.contains("NOT-ALLOWED") {
+            "RabbitMQ refused the vhost in AMQP_URL (NOT_ALLOWED: missing, or not permitted to this user)"
+        } else if matches!(error.kind(), lapin::ErrorKind::IOError(_)) {
+            "RabbitMQ cannot be reached (network, address or port)"
+        } else {
+            "RabbitMQ connection failed"
+        }
     }
 
     /// Every node, passwords masked, for logs.

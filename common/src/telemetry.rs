@@ -24,6 +24,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter};
 
+/// The log filter without `RUST_LOG`: `info`, but lapin's own lines off (every
+/// connection and channel problem is logged once by the services themselves, with what
+/// it means; lapin would add several ERROR lines per attempt).
+pub const DEFAULT_FILTER: &str = "info,lapin=off";
+
 /// Set when the OpenTelemetry layer is installed.
 static EXPORTING: OnceLock<bool> = OnceLock::new();
 
@@ -89,7 +94,7 @@ fn exporter_for(protocol: &str) -> Result<opentelemetry_otlp::SpanExporter, Stri
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. Call once, inside a Tokio runtime
 /// (the gRPC exporter needs one). Keep the returned guard until exit.
 pub fn init(service: &str) -> Result<Telemetry, String> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let logs = fmt::layer()
         .json()
         .with_current_span(true)
@@ -132,7 +137,7 @@ pub fn init(service: &str) -> Result<Telemetry, String> {
 
 /// Logging only (tests, tools).
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let _ = fmt()
         .json()
         .with_current_span(true)

@@ -274,7 +274,7 @@ async fn supervise(shared: Arc<Shared>, url: String, channels: usize, max: Durat
                 let _ = live.connection.close(200, "reconnecting".into()).await;
             }
             Err(e) => {
-                tracing::warn!(broker = %redacted, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect to the broker");
+                tracing::warn!(broker = %redacted, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect to the broker: {}", Brokers::explain(&e));
             }
         }
         tokio::select! {

@@ -123,8 +123,22 @@ impl Settings {
         };
         let amqp_url = or_default(src, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
         common::amqp::Brokers::parse(&amqp_url)?;
+        let locations = Locations::from_source(src, single_ws)?;
+        // A misspelt variable would otherwise give a server that answers 404 to every
+        // delivery and says nothing about why.
+        let any_channel = locations
+            .iter()
+            .any(|l| !l.webhook_secrets.is_empty() || l.rest.is_some() || l.websocket);
+        if !any_channel && !parsed(src, "INGRESS_ALLOW_NO_CHANNELS", false)? {
+            return Err(ConfigError(
+                "no channel configured: set DOJO_WEBHOOK_SECRETS, DOJO_REST_USERNAME and \
+                 DOJO_REST_PASSWORD, or DOJO_WS_URL and DOJO_API_KEY (or DOJO_LOCATIONS_FILE); \
+                 INGRESS_ALLOW_NO_CHANNELS=true starts anyway"
+                    .into(),
+            ));
+        }
         Ok(Self {
-            locations: Locations::from_source(src, single_ws)?,
+            locations,
             locations_file,
             locations_poll: Duration::from_millis(
                 parsed(src, "INGRESS_LOCATIONS_POLL_MS", 1_000u64)?.max(10),
@@ -164,8 +178,26 @@ mod tests {
     }
 
     #[test]
+    fn without_any_channel_it_refuses_to_start_unless_told() {
+        let err = Settings::from_source(&src(&[("DOJO_WEBHOOK_SECRET", "typo")])).unwrap_err();
+        assert!(err.to_string().contains("no channel configured"), "{err}");
+        assert!(Settings::from_source(&src(&[("INGRESS_ALLOW_NO_CHANNELS", "true")])).is_ok());
+        assert!(Settings::from_source(&src(&[("DOJO_WEBHOOK_SECRETS", "s")])).is_ok());
+    }
+
+    #[test]
+    fn a_malformed_broker_url_is_bad_configuration() {
+        for url in ["amqp://guest:guest@127.0.0.1:notaport/%2f", "http://x", "amqp://[::1/x"] {
+            let err = Settings::from_source(&src(&[("AMQP_URL", url), ("DOJO_WEBHOOK_SECRETS", "s")]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("AMQP_URL") && !err.contains("guest:guest"), "{url}: {err}");
+        }
+    }
+
+    #[test]
     fn defaults_follow_the_contract() {
-        let s = Settings::from_source(&src(&[])).unwrap();
+        let s = Settings::from_source(&src(&[("INGRESS_ALLOW_NO_CHANNELS", "true")])).unwrap();
         assert_eq!(s.addr, "0.0.0.0:8080");
         assert_eq!(s.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
         let default = s.locations.get("default").unwrap();
@@ -188,7 +220,11 @@ mod tests {
 
     #[test]
     fn the_websocket_needs_a_url_and_a_key() {
-        let s = Settings::from_source(&src(&[("DOJO_API_KEY", "sk_sandbox_x")])).unwrap();
+        let s = Settings::from_source(&src(&[
+            ("DOJO_API_KEY", "sk_sandbox_x"),
+            ("INGRESS_ALLOW_NO_CHANNELS", "true"),
+        ]))
+        .unwrap();
         assert!(
             !s.any_websocket(),
             "a key alone (for `register`) opens no socket"

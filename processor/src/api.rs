@@ -30,6 +30,10 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn metrics(worker: web::Data<Arc<Worker>>) -> HttpResponse {
+    worker
+        .metrics
+        .redis_up
+        .set(i64::from(worker.dedupe.is_up()));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(common::metrics::render(&worker.metrics.registry))

@@ -57,7 +57,7 @@ pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
                 tracing::warn!(broker = %redacted, "broker connection lost; reconnecting");
             }
             Err(e) => {
-                tracing::warn!(broker = %redacted, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot consume");
+                tracing::warn!(broker = %redacted, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot consume: {}", Brokers::explain(&e));
             }
         }
         let ms = backoff.as_millis().max(2) as u64;

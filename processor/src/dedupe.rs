@@ -11,12 +11,42 @@
 //! database, whose locks serialise the two attempts.
 
 use redis::aio::ConnectionManager;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 const PROCESSING: &str = "processing";
 const DONE: &str = "done";
 /// Longest wait for Redis before going on without it.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// While Redis stays unavailable, the warning is repeated at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether Redis answered last time, and when its loss was last logged.
+#[derive(Default)]
+struct Health {
+    down: AtomicBool,
+    warned: Mutex<Option<Instant>>,
+}
+
+impl Health {
+    fn answered(&self) {
+        if self.down.swap(false, Ordering::SeqCst) {
+            tracing::info!("Redis answers again: the deduplication fast path is back");
+            *self.warned.lock().expect("lock") = None;
+        }
+    }
+
+    /// Warns when Redis is lost, then at most every [`WARN_EVERY`] while it stays lost.
+    fn failed(&self, why: &dyn std::fmt::Display) {
+        self.down.store(true, Ordering::SeqCst);
+        let mut warned = self.warned.lock().expect("lock");
+        if warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            *warned = Some(Instant::now());
+            tracing::warn!(error = %why, "Redis unavailable: deduplicating on the database alone (correct, slower); repeated at most every minute while it lasts");
+        }
+    }
+}
 
 /// What Redis says about an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +62,7 @@ pub enum Claim {
 #[derive(Clone)]
 pub struct Dedupe {
     redis: Option<ConnectionManager>,
+    health: Arc<Health>,
     prefix: String,
     lease: Duration,
     done_ttl: Duration,
@@ -50,8 +81,11 @@ impl Dedupe {
             .and_then(|c| c.get_connection_manager_lazy(config))
             .map_err(|e| tracing::warn!(error = %e, "Redis disabled: deduplicating on the database alone"))
             .ok();
+        let health = Arc::new(Health::default());
+        health.down.store(redis.is_none(), Ordering::SeqCst);
         Self {
             redis,
+            health,
             prefix: prefix.to_owned(),
             lease,
             done_ttl,
@@ -71,16 +105,25 @@ impl Dedupe {
         )
     }
 
+    /// Whether the fast path works (Redis answered the last call): `/metrics` exposes it
+    /// as `dojo_processor_redis_up`.
+    pub fn is_up(&self) -> bool {
+        !self.health.down.load(Ordering::SeqCst)
+    }
+
     async fn run<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> Option<T> {
         let mut conn = self.redis.clone()?;
         match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<T>(&mut conn)).await {
-            Ok(Ok(v)) => Some(v),
+            Ok(Ok(v)) => {
+                self.health.answered();
+                Some(v)
+            }
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "Redis unavailable; using the database alone");
+                self.health.failed(&e);
                 None
             }
             Err(_) => {
-                tracing::debug!("Redis timed out; using the database alone");
+                self.health.failed(&format!("no answer within {REDIS_TIMEOUT:?}"));
                 None
             }
         }

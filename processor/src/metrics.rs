@@ -16,6 +16,8 @@ pub struct Metrics {
     /// Duplicates caught, by layer: redis (no database work) or database.
     pub dedupe_hits: IntCounterVec,
     pub consuming: IntGauge,
+    /// 1 while Redis answers (the deduplication fast path works).
+    pub redis_up: IntGauge,
     pub broker_reconnects: IntCounter,
     /// Where a batch's time goes: parse, redis_claim, db_apply, redis_done, ack.
     pub stage: HistogramVec,
@@ -55,6 +57,11 @@ impl Default for Metrics {
                 &registry,
                 "dojo_processor_consuming",
                 "1 while a consumer is attached to the work queue",
+            ),
+            redis_up: gauge(
+                &registry,
+                "dojo_processor_redis_up",
+                "1 while Redis answers (the deduplication fast path works); 0: the database alone",
             ),
             stage: histogram_vec(
                 &registry,
