@@ -94,7 +94,8 @@ fn exporter_for(protocol: &str) -> Result<opentelemetry_otlp::SpanExporter, Stri
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set. Call once, inside a Tokio runtime
 /// (the gRPC exporter needs one). Keep the returned guard until exit.
 pub fn init(service: &str) -> Result<Telemetry, String> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let logs = fmt::layer()
         .json()
         .with_current_span(true)
@@ -137,7 +138,8 @@ pub fn init(service: &str) -> Result<Telemetry, String> {
 
 /// Logging only (tests, tools).
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let _ = fmt()
         .json()
         .with_current_span(true)

@@ -201,7 +201,12 @@ async fn redis_killed_mid_stream_keeps_exactly_once() {
     processor.settled(first.len() as u64).await;
     let redis_up = |page: String| page.lines().any(|l| l == "dojo_processor_redis_up 1");
     let metrics_url = format!("{}/metrics", processor.running.url);
-    let page = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+    let page = reqwest::get(&metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(redis_up(page), "Redis seen up before the kill");
     redis.kill();
     // Everything again after the kill: duplicates of the first half, and the second half.
@@ -209,7 +214,12 @@ async fn redis_killed_mid_stream_keeps_exactly_once() {
     send(second).await;
     let total = (2 * first.len() + second.len()) as u64;
     processor.settled(total).await;
-    let page = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+    let page = reqwest::get(&metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(!redis_up(page), "the loss of Redis is visible in /metrics");
 
     let pool = services.db.pool().await.unwrap();

@@ -187,11 +187,19 @@ mod tests {
 
     #[test]
     fn a_malformed_broker_url_is_bad_configuration() {
-        for url in ["amqp://guest:guest@127.0.0.1:notaport/%2f", "http://x", "amqp://[::1/x"] {
-            let err = Settings::from_source(&src(&[("AMQP_URL", url), ("DOJO_WEBHOOK_SECRETS", "s")]))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("AMQP_URL") && !err.contains("guest:guest"), "{url}: {err}");
+        for url in [
+            "amqp://guest:guest@127.0.0.1:notaport/%2f",
+            "http://x",
+            "amqp://[::1/x",
+        ] {
+            let err =
+                Settings::from_source(&src(&[("AMQP_URL", url), ("DOJO_WEBHOOK_SECRETS", "s")]))
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                err.contains("AMQP_URL") && !err.contains("guest:guest"),
+                "{url}: {err}"
+            );
         }
     }
 

@@ -123,7 +123,8 @@ impl Dedupe {
                 None
             }
             Err(_) => {
-                self.health.failed(&format!("no answer within {REDIS_TIMEOUT:?}"));
+                self.health
+                    .failed(&format!("no answer within {REDIS_TIMEOUT:?}"));
                 None
             }
         }

@@ -1,0 +1,108 @@
+//! Starting the ingress binary as an operator would: bad configuration stops it with one
+//! line and exit 2; a broker that refuses it says why, distinctly, in its log.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn ingress() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ingress"));
+    for var in [
+        "DOJO_WEBHOOK_SECRETS",
+        "DOJO_REST_USERNAME",
+        "DOJO_REST_PASSWORD",
+        "DOJO_WS_URL",
+        "DOJO_API_KEY",
+        "DOJO_LOCATIONS_FILE",
+        "AMQP_URL",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("INGRESS_ADDR", "127.0.0.1:0");
+    cmd
+}
+
+#[test]
+fn bad_configuration_is_one_line_and_exit_2() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("DOJO_WEBHOOK_SECRET", "misspelt")],
+            "no channel configured",
+        ),
+        (
+            &[
+                ("DOJO_WEBHOOK_SECRETS", "s"),
+                ("AMQP_URL", "amqp://guest:hunter2@127.0.0.1:notaport/%2f"),
+            ],
+            "AMQP_URL",
+        ),
+        (
+            &[("DOJO_WEBHOOK_SECRETS", "s"), ("AMQP_URL", "rabbit://x")],
+            "not an amqp://",
+        ),
+        (
+            &[("DOJO_LOCATIONS_FILE", "/nonexistent/locations.toml")],
+            "DOJO_LOCATIONS_FILE",
+        ),
+    ];
+    for (env, want) in cases {
+        let out = ingress().envs(env.iter().copied()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(want), "{env:?}: {err}");
+        assert!(!err.contains("hunter2"), "no password: {err}");
+    }
+}
+
+/// Starts ingress against `amqp_url` and returns the first log line about the broker.
+fn first_broker_complaint(amqp_url: &str) -> String {
+    let mut child = ingress()
+        .env("DOJO_WEBHOOK_SECRETS", "s")
+        .env("AMQP_URL", amqp_url)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut found = String::new();
+    for line in lines.map_while(Result::ok) {
+        if line.contains("cannot connect to the broker") {
+            found = line;
+            break;
+        }
+        assert!(Instant::now() < deadline, "no complaint about the broker");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    found
+}
+
+#[test]
+fn refused_credentials_an_unknown_vhost_and_an_unreachable_broker_are_told_apart() {
+    let unused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cases = [
+        (
+            "amqp://guest:wrong-password@127.0.0.1:5672/%2f",
+            "refused the credentials",
+        ),
+        (
+            "amqp://guest:guest@127.0.0.1:5672/no-such-vhost-here",
+            "refused the vhost",
+        ),
+        (
+            &*format!("amqp://guest:guest@127.0.0.1:{unused}/%2f"),
+            "cannot be reached",
+        ),
+    ];
+    for (url, want) in cases {
+        let line = first_broker_complaint(url);
+        assert!(line.contains(want), "{url}: {line}");
+        assert!(!line.contains("wrong-password"), "{line}");
+    }
+}
