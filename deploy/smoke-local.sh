@@ -27,9 +27,10 @@ done
 
 BODY='{"id":"evt_hnnHxIKR_Uy6bhZCusCltw","event":"payment_intent.created","accountId":"acc_test","createdAt":"2022-02-01T13:07:41.8667859Z","data":{"paymentIntentId":"pi_vpwd4ooAPEqyNAQe4z89WQ","paymentStatus":"Created","captureMode":"Auto"}}'
 SIG=$(printf '%s' "$BODY" | openssl dgst -sha256 -hmac "$DOJO_WEBHOOK_SECRETS" -binary | od -An -tx1 | tr -d ' \n' | tr a-f A-F | sed 's/../&-/g; s/-$//')
-answer=$(curl -s -w ' %{http_code}' http://127.0.0.1:18180/v1/webhooks/dojo \
+answer=$(curl -s -w '%{http_code}' http://127.0.0.1:18180/v1/webhooks/dojo \
   -H 'content-type: application/json' -H "dojo-signature: sha256=$SIG" --data-binary "$BODY")
-[ "$answer" = "{} 200" ] || { echo "smoke: webhook answered: $answer"; cat /tmp/dojo-events-smoke.log; exit 1; }
+[ "$answer" = "{}
+200" ] || { echo "smoke: webhook answered: $answer"; cat /tmp/dojo-events-smoke.log; exit 1; }
 
 status=
 for _ in $(seq 1 100); do

@@ -29,7 +29,7 @@ async fn the_documented_webhook_lands_as_a_created_auto_payment() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.text().await.unwrap(), "{}");
+    assert_eq!(response.text().await.unwrap(), "{}\n");
 
     let pool = services.db.pool().await.unwrap();
     let record = wait_until("the payment intent", PATIENCE, || {

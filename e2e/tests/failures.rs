@@ -138,7 +138,16 @@ async fn every_bad_input_gets_its_status_and_nothing_is_queued() {
     for (what, request, status, error_type) in cases {
         let response = request.send().await.unwrap();
         assert_eq!(response.status().as_u16(), status, "{what}");
-        let body: serde_json::Value = response.json().await.unwrap();
+        // A Basic challenge only where Basic credentials are asked for (RFC 7235).
+        let challenge = response.headers().get("www-authenticate").is_some();
+        assert_eq!(
+            challenge,
+            status == 401 && what.starts_with("REST"),
+            "{what}"
+        );
+        let text = response.text().await.unwrap();
+        assert!(text.ends_with('\n'), "{what}: a JSON answer ends its line");
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(body["errorType"], error_type, "{what}: {body}");
         assert!(
             body["traceId"].as_str().is_some_and(|t| t.len() == 32),
@@ -179,6 +188,7 @@ async fn every_bad_input_gets_its_status_and_nothing_is_queued() {
         &[
             ("DOJO_WEBHOOK_SECRETS", ""),
             ("DOJO_REST_USERNAME", ""),
+            ("INGRESS_ALLOW_NO_CHANNELS", "true"),
             ("DOJO_REST_PASSWORD", ""),
         ],
     );

@@ -3,7 +3,7 @@
 
 use crate::broker::PublishError;
 use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
+use actix_web::{HttpResponse, HttpResponseBuilder};
 use common::{EposError, ErrorType};
 
 #[derive(Debug, thiserror::Error)]
@@ -14,8 +14,12 @@ pub enum ApiError {
     UnknownLocation,
     #[error("the event's accountId is not this location's")]
     WrongAccount,
+    /// Missing or wrong Basic credentials (the REST routes: a Basic challenge).
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// Missing or wrong `dojo-signature` (the webhook routes: no Basic challenge).
+    #[error("{0}")]
+    BadSignature(&'static str),
     #[error("body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("body not received within {0:?}")]
@@ -28,6 +32,19 @@ pub enum ApiError {
     Unavailable(#[from] PublishError),
 }
 
+/// JSON answers end with a newline, like any text a person may `curl`.
+pub trait JsonLine {
+    fn json_line(&mut self, value: impl serde::Serialize) -> HttpResponse;
+}
+
+impl JsonLine for HttpResponseBuilder {
+    fn json_line(&mut self, value: impl serde::Serialize) -> HttpResponse {
+        let mut body = serde_json::to_string(&value).expect("JSON values serialise");
+        body.push('\n');
+        self.content_type("application/json").body(body)
+    }
+}
+
 /// Seconds Dojo is asked to wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "1";
 
@@ -36,7 +53,7 @@ impl ApiError {
         match self {
             Self::NotConfigured | Self::UnknownLocation => StatusCode::NOT_FOUND,
             Self::WrongAccount => StatusCode::UNAUTHORIZED,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(_) | Self::BadSignature(_) => StatusCode::UNAUTHORIZED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -66,7 +83,7 @@ impl ApiError {
             Self::NotConfigured => "not_configured",
             Self::UnknownLocation => "unknown_location",
             Self::WrongAccount => "wrong_account",
-            Self::Unauthorized(_) => "unauthorized",
+            Self::Unauthorized(_) | Self::BadSignature(_) => "unauthorized",
             Self::TooLarge(_) => "too_large",
             Self::BodyTimeout(_) => "timeout",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -93,7 +110,7 @@ impl ApiError {
             }
             _ => {}
         }
-        response.json(EposError::new(
+        response.json_line(EposError::new(
             self.error_type(),
             self.public_message(),
             trace_id,

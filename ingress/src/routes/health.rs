@@ -4,12 +4,13 @@
 //! webhook and REST routes out of a load balancer. The sockets' state is in the body,
 //! as information (`websockets`: lease held, sockets wanted, open).
 
+use crate::error::JsonLine;
 use crate::State;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    HttpResponse::Ok().json_line(json!({"status": "ok"}))
 }
 
 pub async fn readyz(state: web::Data<State>) -> HttpResponse {
@@ -18,10 +19,10 @@ pub async fn readyz(state: web::Data<State>) -> HttpResponse {
     let broker = state.publisher.state();
     if state.publisher.is_ready() {
         HttpResponse::Ok()
-            .json(json!({"status": "ready", "broker": broker, "websockets": websockets}))
+            .json_line(json!({"status": "ready", "broker": broker, "websockets": websockets}))
     } else {
         HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "not ready", "broker": broker, "websockets": websockets}))
+            .json_line(json!({"status": "not ready", "broker": broker, "websockets": websockets}))
     }
 }
 

@@ -11,7 +11,7 @@ pub mod health;
 pub mod webhook;
 
 use crate::accept::AcceptError;
-use crate::error::ApiError;
+use crate::error::{ApiError, JsonLine};
 use crate::metrics::{NO_LOCATION, UNKNOWN_LOCATION};
 use crate::State;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -176,7 +176,7 @@ pub async fn accept_and_answer(
         .accept(channel, headers, body, ids, location)
         .await
     {
-        Ok(_) => Ok(HttpResponse::Ok().json(serde_json::json!({}))),
+        Ok(_) => Ok(HttpResponse::Ok().json_line(serde_json::json!({}))),
         Err(AcceptError::TooLarge) => Err(ApiError::TooLarge(MAX_BODY)),
         Err(AcceptError::Invalid(e)) => Err(ApiError::Invalid(e.0)),
         Err(AcceptError::WrongAccount { .. }) => Err(ApiError::WrongAccount),

@@ -16,9 +16,9 @@ fn signature_header(req: &HttpRequest) -> Result<String, ApiError> {
     Ok(req
         .headers()
         .get("dojo-signature")
-        .ok_or(ApiError::Unauthorized("missing dojo-signature header"))?
+        .ok_or(ApiError::BadSignature("missing dojo-signature header"))?
         .to_str()
-        .map_err(|_| ApiError::Unauthorized("invalid dojo-signature"))?
+        .map_err(|_| ApiError::BadSignature("invalid dojo-signature"))?
         .to_owned())
 }
 
@@ -68,7 +68,7 @@ async fn root_inner(
         .iter()
         .find(|l| signed_by(l, &body, &header))
         .cloned()
-        .ok_or(ApiError::Unauthorized("invalid dojo-signature"))?;
+        .ok_or(ApiError::BadSignature("invalid dojo-signature"))?;
     tenant.set(&location);
     let headers = RequestorHeaders::default();
     accept_and_answer(state, Channel::Webhook, headers, &body, &ids, &location).await
@@ -110,7 +110,7 @@ async fn located_inner(
     check_content_type(req)?;
     let body = read_body(req, payload).await?;
     if !signed_by(&location, &body, &header) {
-        return Err(ApiError::Unauthorized("invalid dojo-signature"));
+        return Err(ApiError::BadSignature("invalid dojo-signature"));
     }
     let headers = RequestorHeaders::default();
     accept_and_answer(state, Channel::Webhook, headers, &body, &ids, &location).await
