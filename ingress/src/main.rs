@@ -10,6 +10,7 @@ use ingress::Application;
 #[derive(Parser)]
 #[command(
     name = "ingress",
+    version,
     about = "Receives Dojo Events and queues them durably"
 )]
 struct Cli {

@@ -14,6 +14,7 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(
     name = "dojo-simulator",
+    version,
     about = "A stand-in for Dojo: sends payment events and checks they land"
 )]
 struct Cli {
