@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `errorType` values Dojo defines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ErrorType {
     NotFound,
     UnexpectedError,
@@ -11,8 +11,11 @@ pub enum ErrorType {
     Conflict,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Dojo's error body (dojo-api.md §2a): `errorType` always, a message for a person, and
+/// the trace id that is also in this service's logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"errorType": "InvalidRequest", "debugMessage": "invalid event: missing field `id`", "traceId": "4bf92f3577b34da6a3ce929d0e0e4736"}))]
 pub struct EposError {
     pub error_type: ErrorType,
     #[serde(skip_serializing_if = "Option::is_none")]

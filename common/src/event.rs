@@ -17,21 +17,39 @@ pub struct ValidationError(pub String);
 /// Longest `id` or `accountId` accepted.
 pub const MAX_ID_LEN: usize = 255;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A Dojo event (dojo-api.md §1). Other fields Dojo adds are accepted and kept as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"id": "evt_hnnHxIKR_Uy6bhZCusCltw", "event": "payment_intent.created", "accountId": "acc_test", "createdAt": "2022-02-01T13:07:41.8667859Z", "data": {"paymentIntentId": "pi_vpwd4ooAPEqyNAQe4z89WQ", "paymentStatus": "Created", "captureMode": "Auto"}}))]
 pub struct DojoEvent {
+    /// Unique event id, the same on every redelivery (1 to 255 bytes, no NUL).
+    #[schema(min_length = 1, max_length = 255)]
     pub id: String,
+    /// `payment_intent.created`, `payment_intent.status_updated`, or a type Dojo adds later.
+    #[schema(value_type = String, min_length = 1, example = "payment_intent.status_updated")]
     pub event: EventType,
+    /// The Dojo account (one per location) the event is for.
+    #[schema(min_length = 1, max_length = 255)]
     pub account_id: String,
+    /// RFC 3339, 0 to 9 fractional digits, from 1970-01-01 to before 2262-01-01.
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: DojoTime,
     pub data: EventData,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The payment intent an event is about. For the two known event types,
+/// `paymentIntentId` and `paymentStatus` are required.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventData {
+    #[schema(max_length = 255)]
     pub payment_intent_id: Option<String>,
+    /// `Created`, `Authorized`, `Captured`, `Reversed`, `Refunded`, `Canceled`, or a
+    /// status Dojo adds later (kept, never changes known state).
+    #[schema(value_type = Option<String>, example = "Captured")]
     pub payment_status: Option<PaymentStatus>,
+    /// `Auto`, `Manual`, or a mode Dojo adds later.
+    #[schema(value_type = Option<String>, example = "Auto")]
     pub capture_mode: Option<CaptureMode>,
 }
 

@@ -15,6 +15,7 @@ pub mod broker;
 pub mod error;
 pub mod locations;
 pub mod metrics;
+pub mod openapi;
 pub mod register;
 pub mod routes;
 pub mod settings;
@@ -130,6 +131,7 @@ impl Application {
                 .route("/healthz", web::get().to(routes::health::healthz))
                 .route("/readyz", web::get().to(routes::health::readyz))
                 .route("/metrics", web::get().to(routes::health::metrics))
+                .route("/openapi.json", web::get().to(routes::health::openapi))
                 .default_service(web::to(routes::not_found))
         })
         // Signals are handled by the caller, which then drains in order: HTTP first,

@@ -5,11 +5,13 @@
 
 use super::{accept_and_answer, check_content_type, deliver, path_location, read_body, Tenant};
 use crate::error::ApiError;
+use crate::openapi::Accepted;
 use crate::State;
 use actix_web::{web, HttpRequest, HttpResponse};
 use common::locations::Location;
 use common::telemetry::Ids;
 use common::{signature, Channel, RequestorHeaders};
+use common::{DojoEvent, EposError};
 use std::sync::Arc;
 
 fn signature_header(req: &HttpRequest) -> Result<String, ApiError> {
@@ -32,6 +34,26 @@ fn signed_by(location: &Location, body: &[u8], header: &str) -> bool {
 }
 
 /// `POST /v1/webhooks/dojo`.
+#[utoipa::path(
+    post,
+    operation_id = "webhook",
+    path = "/v1/webhooks/dojo",
+    tag = "events",
+    description = "Dojo webhooks (dojo-api.md §2b), verified by `dojo-signature` over the raw body; the location whose secret signed it is the delivery's.",
+    request_body(content = DojoEvent, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Durably queued", body = Accepted),
+        (status = 400, description = "Not a valid event", body = EposError),
+        (status = 401, description = "Missing or wrong signature, or the accountId is not the location's", body = EposError),
+        (status = 404, description = "No location has webhook secrets", body = EposError),
+        (status = 408, description = "The body did not arrive within 10 s", body = EposError),
+        (status = 413, description = "Body over 64 KiB", body = EposError),
+        (status = 415, description = "Not JSON", body = EposError),
+        (status = 503, description = "Not confirmed by the broker: retry", body = EposError,
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
+    ),
+    security(("dojoSignature" = []))
+)]
 pub async fn handle(
     req: HttpRequest,
     payload: web::Payload,
@@ -75,6 +97,27 @@ async fn root_inner(
 }
 
 /// `POST /locations/{id}/v1/webhooks/dojo`.
+#[utoipa::path(
+    post,
+    operation_id = "webhook_at_location",
+    path = "/locations/{location}/v1/webhooks/dojo",
+    tag = "events",
+    description = "Dojo webhooks for one location (docs/LOCATIONS.md): only its secrets, only its accountId.",
+    request_body(content = DojoEvent, content_type = "application/json"),
+    params(("location" = String, Path, description = "A location id of the locations file")),
+    responses(
+        (status = 200, description = "Durably queued", body = Accepted),
+        (status = 400, description = "Not a valid event", body = EposError),
+        (status = 401, description = "Missing or wrong signature, or the accountId is not the location's", body = EposError),
+        (status = 404, description = "No such location, or it has no webhook secrets", body = EposError),
+        (status = 408, description = "The body did not arrive within 10 s", body = EposError),
+        (status = 413, description = "Body over 64 KiB", body = EposError),
+        (status = 415, description = "Not JSON", body = EposError),
+        (status = 503, description = "Not confirmed by the broker: retry", body = EposError,
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
+    ),
+    security(("dojoSignature" = []))
+)]
 pub async fn handle_at(
     req: HttpRequest,
     path: web::Path<String>,

@@ -16,7 +16,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 /// What `/readyz` shows about the sockets (information only: a Dojo WebSocket outage
 /// does not take the webhook and REST channels out of service).
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct SocketsStatus {
     /// Whether this replica holds the lease (and so the sockets).
     pub lease: bool,
