@@ -4,8 +4,10 @@
 //! versioned message that travels over RabbitMQ ([`envelope`]), the broker topology
 //! names ([`topology`]), the error body Dojo expects ([`error`]), webhook signatures
 //! ([`signature`]), configuration pieces ([`settings`]) and logging set-up
-//! ([`telemetry`]). Nothing here knows about HTTP frameworks.
+//! ([`telemetry`]), and the one Dojo API client ([`dojo_api`]). Nothing here knows
+//! about HTTP server frameworks.
 
+pub mod dojo_api;
 pub mod envelope;
 pub mod error;
 pub mod event;
