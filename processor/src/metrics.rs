@@ -21,6 +21,13 @@ pub struct Metrics {
     pub stage: HistogramVec,
     /// Deliveries per batch.
     pub batch_size: Histogram,
+    /// Dojo API calls by location, operation and status; broken keys.
+    pub api: common::dojo_api::ApiMetrics,
+    /// Rows of `enrichment_outbox`: details fetches scheduled and not done yet.
+    pub fetches_pending: IntGauge,
+    /// Details fetches by outcome: stored, older_snapshot, retried, key_broken,
+    /// not_found, no_key.
+    pub fetches: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -73,6 +80,18 @@ impl Default for Metrics {
                 &registry,
                 "dojo_processor_broker_reconnects_total",
                 "Broker connections opened after the first",
+            ),
+            api: common::dojo_api::ApiMetrics::new(&registry),
+            fetches_pending: gauge(
+                &registry,
+                "dojo_processor_fetches_pending",
+                "Payment-details fetches scheduled and not done yet",
+            ),
+            fetches: counter_vec(
+                &registry,
+                "dojo_processor_fetches_total",
+                "Payment-details fetches, by outcome",
+                &["outcome"],
             ),
             registry,
         }

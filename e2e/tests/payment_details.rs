@@ -1,0 +1,157 @@
+//! Payment details from Dojo's API (issue 11), against the simulator's faithful Dojo
+//! API: every intent's amounts, refunded amount and order link equal Dojo's truth, a
+//! burst of events gives one or two fetches, and none of it holds an acknowledgement.
+
+mod support;
+
+use e2e::isolation::Services;
+use e2e::wait_until;
+use serde_json::Value;
+use simulator::fake_api::FakeDojoApi;
+use simulator::run::{Options, Targets, Via};
+use simulator::scenario::Scenario;
+use std::time::Duration;
+use support::*;
+
+pub const KEY: &str = "sk_sandbox_details";
+pub const ACCOUNT: &str = "acc_details";
+
+/// What the read API must show for an intent, from the simulator's truth.
+fn want(scenario: &Scenario, pi: &str) -> Value {
+    let t = &scenario.truth[pi].intent;
+    let money = |m: &Option<common::dojo_api::Money>| {
+        m.as_ref()
+            .map(|m| serde_json::json!({"value": m.value, "currencyCode": m.currency_code}))
+            .unwrap_or(Value::Null)
+    };
+    serde_json::json!({
+        "status": t.status, "amount": money(&t.amount), "tipsAmount": money(&t.tips_amount),
+        "totalAmount": money(&t.total_amount), "refundedAmount": t.refunded_amount,
+        "reference": t.reference, "orderId": t.order_id(), "waiterId": t.waiter_id(),
+    })
+}
+
+/// The same fields as the read API serves them.
+async fn got(processor_url: &str, pi: &str) -> Value {
+    let body: Value = reqwest::Client::new()
+        .get(format!("{processor_url}/v1/payment-intents/{pi}"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys = [
+        "status",
+        "amount",
+        "tipsAmount",
+        "totalAmount",
+        "refundedAmount",
+        "reference",
+        "orderId",
+        "waiterId",
+    ];
+    Value::Object(
+        keys.iter()
+            .map(|k| (k.to_string(), body[k].clone()))
+            .collect(),
+    )
+}
+
+/// Waits until no fetch is pending and every intent of `scenario` has its details.
+pub async fn all_details(pool: &sqlx::PgPool, scenario: &Scenario, patience: Duration) {
+    let n = scenario.expected.len() as i64;
+    wait_until("every intent's details stored", patience, || async {
+        let pending = count(pool, "SELECT count(*) FROM enrichment_outbox").await;
+        let done = count(
+            pool,
+            "SELECT count(*) FROM payment_intents WHERE dojo_updated_at IS NOT NULL",
+        )
+        .await;
+        (pending == 0 && done == n).then_some(())
+    })
+    .await;
+}
+
+pub fn processor_env(api: &FakeDojoApi) -> Vec<(&'static str, String)> {
+    vec![
+        ("DOJO_API_KEY", KEY.to_owned()),
+        ("DOJO_API_URL", api.url.clone()),
+        ("DOJO_API_RATE", "200".to_owned()),
+        ("ENRICH_DELAY_MS", "300".to_owned()),
+        ("ENRICH_POLL_MS", "50".to_owned()),
+    ]
+}
+
+pub async fn send(scenario: &Scenario, ingress: &Running) -> simulator::run::Report {
+    let targets = Targets {
+        http: Some(dojo(ingress)),
+        ..Targets::default()
+    };
+    let options = Options {
+        channels: vec![Via::Webhook, Via::Rest],
+        rate: None,
+        concurrency: 16,
+        doubling: 0.1,
+        seed: 11,
+        timeout: Duration::from_secs(10),
+    };
+    let report = simulator::run::run(scenario, &targets, &options).await;
+    assert_eq!(report.failed, 0, "{:?}", report.failures);
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amounts_refunds_and_order_links_equal_dojos_truth() {
+    let services = Services::new().await.unwrap();
+    let scenario = simulator::scenario::lifecycles(ACCOUNT, 200, 0.3, 11).with_late(0.05, 11);
+    let api = FakeDojoApi::start("127.0.0.1:0").unwrap();
+    api.serve_truth(&scenario.truth, [(KEY, ACCOUNT)]);
+    let ingress = ingress(&services, &[]);
+    let env = processor_env(&api);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let processor = processor(&services, &env).await;
+    ready(&ingress.url).await;
+
+    let report = send(&scenario, &ingress).await;
+    let pool = services.db.pool().await.unwrap();
+    all_details(&pool, &scenario, Duration::from_secs(60)).await;
+
+    let mut matched = 0;
+    for pi in scenario.expected.keys() {
+        assert_eq!(
+            got(&processor.running.url, pi).await,
+            want(&scenario, pi),
+            "{pi}"
+        );
+        matched += 1;
+    }
+    let fetches = api.intent_calls().len();
+    let refunds = scenario
+        .truth
+        .values()
+        .filter(|t| t.intent.refunded_amount.unwrap_or(0) > 0)
+        .count();
+    let partial = scenario
+        .truth
+        .values()
+        .filter(|t| {
+            let r = t.intent.refunded_amount.unwrap_or(0);
+            r > 0 && r < t.intent.total_amount.as_ref().unwrap().value
+        })
+        .count();
+    println!(
+        "{} intents ({refunds} refunded, {partial} of them partly), {} distinct events in {} deliveries: \
+         {matched} with amounts, refunds, reference and order id equal to Dojo's; {fetches} fetches",
+        scenario.expected.len(),
+        scenario.distinct,
+        report.sent
+    );
+    // Coalesced: about one fetch per intent, never one per event.
+    assert!(fetches <= 2 * scenario.expected.len(), "{fetches} fetches");
+    assert!(fetches < scenario.distinct, "{fetches} fetches");
+    processor.running.stop().await;
+    ingress.stop().await;
+    api.stop().await;
+}
