@@ -155,3 +155,107 @@ async fn amounts_refunds_and_order_links_equal_dojos_truth() {
     ingress.stop().await;
     api.stop().await;
 }
+
+/// Intents of `scenario` with at least one delivered event whose final event was lost:
+/// what a details fetch alone must repair.
+fn behind_but_known(scenario: &Scenario) -> Vec<String> {
+    let delivered: std::collections::HashSet<&str> = scenario
+        .deliveries
+        .iter()
+        .map(|e| e.payment_intent_id.as_str())
+        .collect();
+    let mut last: std::collections::HashMap<&str, &simulator::Event> = Default::default();
+    for e in scenario.deliveries.iter().chain(&scenario.lost) {
+        let slot = last.entry(e.payment_intent_id.as_str()).or_insert(e);
+        if e.created_at > slot.created_at {
+            *slot = e;
+        }
+    }
+    let lost: std::collections::HashSet<&str> =
+        scenario.lost.iter().map(|e| e.id.as_str()).collect();
+    last.into_iter()
+        .filter(|(pi, e)| delivered.contains(pi) && lost.contains(e.id.as_str()))
+        .map(|(pi, _)| pi.to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_no_event_explains_is_repaired_once_by_the_details_fetch() {
+    let services = Services::new().await.unwrap();
+    let scenario = simulator::scenario::lifecycles(ACCOUNT, 150, 0.2, 12).lose(0.15, 12);
+    let behind = behind_but_known(&scenario);
+    assert!(!behind.is_empty());
+    let api = FakeDojoApi::start("127.0.0.1:0").unwrap();
+    api.serve_truth(&scenario.truth, [(KEY, ACCOUNT)]);
+    let ingress = ingress(&services, &[]);
+    let env = processor_env(&api);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let processor = processor(&services, &env).await;
+    ready(&ingress.url).await;
+    let report = send(&scenario, &ingress).await;
+    processor.settled(report.sent).await;
+    let pool = services.db.pool().await.unwrap();
+    let known = count(&pool, "SELECT count(*) FROM payment_intents").await;
+    wait_until("no fetch pending", Duration::from_secs(60), || async {
+        let n = count(&pool, "SELECT count(*) FROM enrichment_outbox").await;
+        let fetched = count(
+            &pool,
+            "SELECT count(*) FROM payment_intents WHERE dojo_updated_at IS NOT NULL",
+        )
+        .await;
+        (n == 0 && fetched == known).then_some(())
+    })
+    .await;
+    for pi in &behind {
+        let truth = &scenario.expected[pi];
+        assert_eq!(&intent(&pool, pi).await.unwrap().status, truth, "{pi}");
+    }
+    let repairs = count(
+        &pool,
+        "SELECT count(*) FROM dojo_events WHERE channel = 'reconcile'",
+    )
+    .await;
+    // Every intent fetched again: nothing more to repair, nothing recorded twice.
+    sqlx::query("INSERT INTO enrichment_outbox (payment_intent_id, account_id, due_at) SELECT payment_intent_id, account_id, now() FROM payment_intents")
+        .execute(&pool)
+        .await
+        .unwrap();
+    wait_until(
+        "second round of fetches",
+        Duration::from_secs(60),
+        || async {
+            (count(&pool, "SELECT count(*) FROM enrichment_outbox").await == 0).then_some(())
+        },
+    )
+    .await;
+    let again = count(
+        &pool,
+        "SELECT count(*) FROM dojo_events WHERE channel = 'reconcile'",
+    )
+    .await;
+    // A fetch can also beat a delivery still on its way (shuffled, late): that repair is
+    // right too, and the delivery then finds the record already there (stale).
+    let preempted = count(
+        &pool,
+        "SELECT count(*) FROM dojo_events r JOIN dojo_events d USING (payment_intent_id, payment_status)
+         WHERE r.channel = 'reconcile' AND d.channel <> 'reconcile' AND d.outcome = 'stale'",
+    )
+    .await;
+    let per_intent = count(
+        &pool,
+        "SELECT count(DISTINCT payment_intent_id) FROM dojo_events WHERE channel = 'reconcile'",
+    )
+    .await;
+    println!(
+        "150 intents, {} distinct events lost: {} intents known with a lost last event; {repairs} repaired by the fetch \
+         ({preempted} of them before a late delivery, which was then stale); after fetching all {known} again: {again} repairs in all",
+        scenario.lost.len(),
+        behind.len()
+    );
+    assert_eq!(repairs, behind.len() as i64 + preempted);
+    assert_eq!(per_intent, repairs, "one repair per intent");
+    assert_eq!(again, repairs);
+    processor.running.stop().await;
+    ingress.stop().await;
+    api.stop().await;
+}

@@ -180,10 +180,14 @@ async fn fetch_and_store(worker: &Worker, c: &Claimed) -> Result<&'static str, s
         .await
     {
         Ok(snapshot) => {
-            let stored =
+            let absorbed =
                 crate::reconcile::absorb(worker, &c.account_id, &snapshot, "enrichment").await?;
             done(pool, c).await?;
-            Ok(if stored { "stored" } else { "older_snapshot" })
+            Ok(if absorbed.stored {
+                "stored"
+            } else {
+                "older_snapshot"
+            })
         }
         Err(ApiError::NotFound) if c.attempts + 1 >= worker.settings.enrich.not_found_attempts => {
             tracing::warn!(payment_intent_id = %c.payment_intent_id, location = %creds.location,

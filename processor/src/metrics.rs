@@ -28,6 +28,9 @@ pub struct Metrics {
     /// Details fetches by outcome: stored, older_snapshot, retried, key_broken,
     /// not_found, no_key.
     pub fetches: IntCounterVec,
+    /// Synthetic `reconcile` events applied, by source (enrichment, sweep, overdue)
+    /// and reason (status_behind, unknown_intent).
+    pub repairs: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -92,6 +95,12 @@ impl Default for Metrics {
                 "dojo_processor_fetches_total",
                 "Payment-details fetches, by outcome",
                 &["outcome"],
+            ),
+            repairs: counter_vec(
+                &registry,
+                "dojo_processor_repairs_total",
+                "Records repaired from Dojo's API (synthetic reconcile events applied)",
+                &["source", "reason"],
             ),
             registry,
         }
