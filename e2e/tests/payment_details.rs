@@ -259,3 +259,134 @@ async fn a_status_no_event_explains_is_repaired_once_by_the_details_fetch() {
     ingress.stop().await;
     api.stop().await;
 }
+
+/// A locations file with one location of `ACCOUNT` and `KEY`; kept while the test runs.
+pub fn locations_file() -> (tempdir::Dir, String) {
+    let dir = tempdir::Dir::create();
+    let path = dir.0.join("locations.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[location]]\nid = \"main\"\naccount_id = \"{ACCOUNT}\"\napi_keys = [\"{KEY}\"]\n"
+        ),
+    )
+    .unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    (dir, path)
+}
+
+pub mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn create() -> Self {
+            let p = std::env::temp_dir().join(format!("dojo-details-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_percent_never_delivered_are_right_after_one_sweep_and_a_second_repairs_nothing() {
+    let services = Services::new().await.unwrap();
+    let scenario = simulator::scenario::lifecycles(ACCOUNT, 300, 0.2, 13).lose(0.05, 13);
+    let api = FakeDojoApi::start("127.0.0.1:0").unwrap();
+    api.serve_truth(&scenario.truth, [(KEY, ACCOUNT)]);
+    let (_dir, file) = locations_file();
+    let ingress = ingress(&services, &[]);
+    let mut env = processor_env(&api);
+    env.retain(|(k, _)| *k != "DOJO_API_KEY");
+    env.push(("DOJO_LOCATIONS_FILE", file));
+    env.push(("SWEEP_INTERVAL", "0".into()));
+    // The sweep alone, here: no details fetch repairs anything first.
+    env.push(("ENRICH_ENABLED", "false".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let processor = processor(&services, &env).await;
+    ready(&ingress.url).await;
+    let report = send(&scenario, &ingress).await;
+    processor.settled(report.sent).await;
+    let pool = services.db.pool().await.unwrap();
+    let known = count(&pool, "SELECT count(*) FROM payment_intents").await;
+    let mut wrong = 0;
+    for (pi, status) in &scenario.expected {
+        wrong += usize::from(intent(&pool, pi).await.is_none_or(|i| &i.status != status));
+    }
+
+    let worker = &processor.worker;
+    let location = worker.settings.locations.get("main").unwrap().clone();
+    let (since, until) = (
+        chrono::Utc::now() - chrono::Duration::hours(2),
+        chrono::Utc::now(),
+    );
+    // Another replica holding the location's lock: this sweep skips it.
+    let mut other = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended('dojo-sweep:main', 0))")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let skipped = processor::sweep::sweep_location(worker, &location, since, until)
+        .await
+        .unwrap();
+    assert!(skipped.skipped);
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+
+    let first = processor::sweep::sweep_location(worker, &location, since, until)
+        .await
+        .unwrap();
+    for (pi, status) in &scenario.expected {
+        let record = intent(&pool, pi)
+            .await
+            .unwrap_or_else(|| panic!("{pi} recorded"));
+        assert_eq!(&record.status, status, "{pi}");
+        assert_eq!(
+            got(&processor.running.url, pi).await,
+            want(&scenario, pi),
+            "{pi}"
+        );
+    }
+    let repairs = count(
+        &pool,
+        "SELECT count(*) FROM dojo_events WHERE channel = 'reconcile'",
+    )
+    .await;
+    let intents_repaired = count(
+        &pool,
+        "SELECT count(DISTINCT payment_intent_id) FROM dojo_events WHERE channel = 'reconcile'",
+    )
+    .await;
+    let second = processor::sweep::sweep_location(worker, &location, since, until)
+        .await
+        .unwrap();
+    let after = count(
+        &pool,
+        "SELECT count(*) FROM dojo_events WHERE channel = 'reconcile'",
+    )
+    .await;
+    println!(
+        "300 intents, {} of {} distinct events never delivered; before the sweep {known} intents known, \
+         {wrong} not in their final status; first sweep: {} seen, {} repaired; \
+         all 300 right with their amounts; {repairs} repairs for {intents_repaired} intents; second sweep: {} seen, {} repaired",
+        scenario.lost.len(),
+        scenario.distinct,
+        first.seen,
+        first.repaired,
+        second.seen,
+        second.repaired
+    );
+    assert_eq!(first.seen, 300);
+    assert_eq!(repairs, intents_repaired, "each repair recorded once");
+    assert_eq!((repairs, first.repaired), (wrong as i64, wrong));
+    assert_eq!((second.repaired, after), (0, repairs));
+    processor.running.stop().await;
+    ingress.stop().await;
+    api.stop().await;
+}

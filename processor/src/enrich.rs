@@ -21,7 +21,8 @@ use tokio::sync::watch;
 /// `ENRICH_*` settings.
 #[derive(Debug, Clone)]
 pub struct EnrichSettings {
-    /// Whether fetches are scheduled at all: some location has an API key.
+    /// Whether fetches are scheduled at all: some location has an API key, and
+    /// `ENRICH_ENABLED` (default true) is not false (sweeps then still store details).
     pub enabled: bool,
     /// `ENRICH_DELAY_MS` (default 500): a new row waits this long, so a burst of events
     /// for one payment gives one fetch.
@@ -43,9 +44,10 @@ pub struct EnrichSettings {
 
 impl EnrichSettings {
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
-        let enabled = Locations::from_source(src, false)?
-            .iter()
-            .any(|l| l.api_key().is_some());
+        let enabled = parsed(src, "ENRICH_ENABLED", true)?
+            && Locations::from_source(src, false)?
+                .iter()
+                .any(|l| l.api_key().is_some());
         Ok(Self {
             enabled,
             delay: Duration::from_millis(parsed(src, "ENRICH_DELAY_MS", 500)?),
@@ -182,6 +184,17 @@ async fn fetch_and_store(worker: &Worker, c: &Claimed) -> Result<&'static str, s
         Ok(snapshot) => {
             let absorbed =
                 crate::reconcile::absorb(worker, &c.account_id, &snapshot, "enrichment").await?;
+            if absorbed.deferred {
+                let grace = worker.settings.sweep.repair_grace;
+                reschedule(
+                    worker,
+                    c,
+                    "a recent change no event explains yet",
+                    Some(grace),
+                )
+                .await?;
+                return Ok("deferred");
+            }
             done(pool, c).await?;
             Ok(if absorbed.stored {
                 "stored"

@@ -11,7 +11,8 @@
 //! - [`api`]: health, readiness and the read API; [`db`]: pool and migrations;
 //! - [`enrich`]: payment details fetched from Dojo's API through the outbox written by
 //!   [`apply`], off the acknowledgement path; [`snapshot`]: storing them;
-//!   [`reconcile`]: making the records agree with Dojo's snapshots.
+//!   [`reconcile`]: making the records agree with Dojo's snapshots; [`sweep`]: finding
+//!   what was never delivered (search over a window, overdue intents).
 
 pub mod api;
 pub mod apply;
@@ -30,6 +31,7 @@ pub mod rule;
 pub mod settings;
 pub mod settle;
 pub mod snapshot;
+pub mod sweep;
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
@@ -57,22 +59,9 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Whether details of `account`'s intents can be fetched (a key for it).
-    pub fn can_fetch(&self, account: &str) -> bool {
-        enrich::credentials(&self.settings.locations, account).is_some()
-    }
-}
-
-pub struct Application {
-    server: actix_web::dev::Server,
-    addr: SocketAddr,
-    worker: Arc<Worker>,
-}
-
-impl Application {
-    /// Connects to PostgreSQL (creating the database and applying migrations) and binds
-    /// the HTTP listener. Consuming starts in [`Application::run_until_stopped`].
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    /// Connects to PostgreSQL (creating the database and applying migrations) and sets
+    /// up Redis and the Dojo API client; consumes nothing.
+    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         let pool = db::connect_and_migrate(
             &settings.database_url,
             settings.db_pool,
@@ -89,12 +78,9 @@ impl Application {
             settings.claim_lease,
             settings.done_ttl,
         );
-        let listener = TcpListener::bind(&settings.addr)
-            .with_context(|| format!("cannot listen on {}", settings.addr))?;
-        let addr = listener.local_addr()?;
         let metrics = metrics::Metrics::default();
         let dojo = common::dojo_api::DojoApi::new(settings.dojo_api.clone(), metrics.api.clone());
-        let worker = Arc::new(Worker {
+        Ok(Self {
             settings,
             pool,
             dedupe,
@@ -102,7 +88,29 @@ impl Application {
             settled: AtomicU64::new(0),
             metrics,
             dojo,
-        });
+        })
+    }
+
+    /// Whether details of `account`'s intents can be fetched (a key for it).
+    pub fn can_fetch(&self, account: &str) -> bool {
+        enrich::credentials(&self.settings.locations, account).is_some()
+    }
+}
+
+pub struct Application {
+    server: actix_web::dev::Server,
+    addr: SocketAddr,
+    worker: Arc<Worker>,
+}
+
+impl Application {
+    /// Connects to PostgreSQL (creating the database and applying migrations) and binds
+    /// the HTTP listener. Consuming starts in [`Application::run_until_stopped`].
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&settings.addr)
+            .with_context(|| format!("cannot listen on {}", settings.addr))?;
+        let addr = listener.local_addr()?;
+        let worker = Arc::new(Worker::connect(settings).await?);
         let data = web::Data::new(worker.clone());
         let server =
             HttpServer::new(move || App::new().app_data(data.clone()).configure(api::configure))
@@ -141,6 +149,12 @@ impl Application {
             .enrich
             .enabled
             .then(|| tokio::spawn(enrich::run(self.worker.clone(), stopped.clone())));
+        let sweeper = self
+            .worker
+            .settings
+            .sweep
+            .periodic()
+            .then(|| tokio::spawn(sweep::run_periodic(self.worker.clone(), stopped.clone())));
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
         shutdown.await;
@@ -149,6 +163,9 @@ impl Application {
         consumer.await?;
         if let Some(enricher) = enricher {
             enricher.await?;
+        }
+        if let Some(sweeper) = sweeper {
+            sweeper.await?;
         }
         handle.stop(true).await;
         server.await??;

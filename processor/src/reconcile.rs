@@ -5,7 +5,8 @@
 //! through the same state rule and exactly-once path as a delivery: a synthetic event
 //! on channel `reconcile`, id `reconcile:{pi}:{status}:{updatedAt}` (so a repair is
 //! recorded once however many fetches or sweeps find it), `createdAt` = `updatedAt`.
-//! A repair only ever moves a status forward.
+//! A repair only ever moves a status forward, and waits `REPAIR_GRACE` after Dojo's
+//! change (the event itself is most likely still on its way).
 
 use crate::apply::{apply, Incoming};
 use crate::rule::Outcome;
@@ -22,6 +23,8 @@ pub struct Absorbed {
     pub stored: bool,
     /// A synthetic event was applied (`unknown_intent` or `status_behind`).
     pub repaired: Option<&'static str>,
+    /// A repair is due but the change is younger than `REPAIR_GRACE`: look again later.
+    pub deferred: bool,
 }
 
 /// The record as far as repairs care.
@@ -100,7 +103,11 @@ pub async fn absorb(
     };
     let mut absorbed = Absorbed::default();
     let current = record(&worker.pool, id).await?;
-    if let Some(reason) = needs_repair(current.as_ref(), snapshot) {
+    let grace = chrono::Duration::from_std(worker.settings.sweep.repair_grace).unwrap_or_default();
+    let reason = needs_repair(current.as_ref(), snapshot);
+    let recent = snapshot.updated_at.is_some_and(|u| u > Utc::now() - grace);
+    absorbed.deferred = reason.is_some() && recent;
+    if let Some(reason) = reason.filter(|_| !recent) {
         let body =
             synthetic_event(account, snapshot, reason, source).expect("id, status, updatedAt");
         let event = DojoEvent::from_json(body.as_bytes()).expect("a synthetic event parses");

@@ -43,6 +43,8 @@ pub struct Settings {
     pub dojo_api: common::dojo_api::ApiConfig,
     /// `ENRICH_*`: the fetches of payment details (crate::enrich).
     pub enrich: crate::enrich::EnrichSettings,
+    /// `SWEEP_*`: the periodic reconciliation sweeps (crate::sweep).
+    pub sweep: crate::sweep::SweepSettings,
 }
 
 impl Settings {
@@ -101,6 +103,7 @@ impl Settings {
             locations: common::locations::Locations::from_source(src, false)?,
             dojo_api: common::dojo_api::ApiConfig::from_source(src)?,
             enrich: crate::enrich::EnrichSettings::from_source(src)?,
+            sweep: crate::sweep::SweepSettings::from_source(src)?,
         })
     }
 }
