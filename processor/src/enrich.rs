@@ -199,7 +199,7 @@ async fn fetch_and_store(worker: &Worker, c: &Claimed) -> Result<&'static str, s
             Ok(if absorbed.stored {
                 "stored"
             } else {
-                "older_snapshot"
+                "not_newer"
             })
         }
         Err(ApiError::NotFound) if c.attempts + 1 >= worker.settings.enrich.not_found_attempts => {

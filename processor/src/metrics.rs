@@ -27,7 +27,7 @@ pub struct Metrics {
     pub api: common::dojo_api::ApiMetrics,
     /// Rows of `enrichment_outbox`: details fetches scheduled and not done yet.
     pub fetches_pending: IntGauge,
-    /// Details fetches by outcome: stored, older_snapshot, deferred, retried, key_broken,
+    /// Details fetches by outcome: stored, not_newer, deferred, retried, key_broken,
     /// not_found, no_key.
     pub fetches: IntCounterVec,
     /// Synthetic `reconcile` events applied, by source (enrichment, sweep, overdue)

@@ -12,8 +12,8 @@ fn split(m: &Option<Money>) -> (Option<i64>, Option<&str>) {
     })
 }
 
-/// Writes `snapshot` onto the record of `payment_intent_id` unless the record holds a
-/// newer one; `false`: not written (older snapshot, or no record).
+/// Writes `snapshot` onto the record of `payment_intent_id` if it is newer than the one
+/// stored (`updatedAt`); `false`: not written (not newer, or no record).
 pub async fn store(
     conn: &mut sqlx::PgConnection,
     payment_intent_id: &str,
@@ -33,7 +33,7 @@ pub async fn store(
              auth_code = $14, dojo_status = $15, dojo_created_at = $16, dojo_updated_at = $17,
              details_fetched_at = now(), updated_at = now()
          WHERE payment_intent_id = $1
-           AND (dojo_updated_at IS NULL OR dojo_updated_at <= $17)",
+           AND (dojo_updated_at IS NULL OR dojo_updated_at < $17)",
     )
     .bind(payment_intent_id)
     .bind(amount)
