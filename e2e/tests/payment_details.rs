@@ -503,3 +503,58 @@ async fn dojo_answering_429_then_500_holds_no_ack_loses_no_fetch_and_keeps_the_r
     ingress.stop().await;
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_periodic_sweep_repairs_lost_events_alone() {
+    let services = Services::new().await.unwrap();
+    let scenario = simulator::scenario::lifecycles(ACCOUNT, 80, 0.0, 15).lose(0.1, 15);
+    let api = FakeDojoApi::start("127.0.0.1:0").unwrap();
+    api.serve_truth(&scenario.truth, [(KEY, ACCOUNT)]);
+    let (_dir, file) = locations_file();
+    let ingress = ingress(&services, &[]);
+    let mut env = processor_env(&api);
+    env.retain(|(k, _)| *k != "DOJO_API_KEY");
+    env.extend([
+        ("DOJO_LOCATIONS_FILE", file),
+        ("SWEEP_INTERVAL", "2s".into()),
+        ("ENRICH_ENABLED", "false".into()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let processor = processor(&services, &env).await;
+    ready(&ingress.url).await;
+    let started = std::time::Instant::now();
+    send(&scenario, &ingress).await;
+    let pool = services.db.pool().await.unwrap();
+    wait_until("every intent right", Duration::from_secs(30), || async {
+        for (pi, status) in &scenario.expected {
+            if intent(&pool, pi).await.is_none_or(|i| &i.status != status) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let took = started.elapsed();
+    let metrics = &processor.worker.metrics;
+    let swept = wait_until("a completed sweep", Duration::from_secs(30), || async {
+        let at = metrics
+            .sweep_last_success
+            .with_label_values(&["main"])
+            .get();
+        (at > 0).then_some(at)
+    })
+    .await;
+    let repairs: u64 = ["status_behind", "unknown_intent"]
+        .iter()
+        .map(|r| metrics.repairs.with_label_values(&["sweep", r]).get())
+        .sum();
+    println!(
+        "80 intents, {} events never delivered: all right {:.1}s after the first send, by the periodic sweep (SWEEP_INTERVAL=2s): {repairs} repairs",
+        scenario.lost.len(),
+        took.as_secs_f64()
+    );
+    assert!(swept > 0 && repairs > 0);
+    processor.running.stop().await;
+    ingress.stop().await;
+    api.stop().await;
+}
