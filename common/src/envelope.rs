@@ -19,6 +19,8 @@ pub enum Channel {
     Rest,
     Webhook,
     Ws,
+    /// Not a delivery: a repair the processor made from Dojo's API (never queued).
+    Reconcile,
 }
 
 impl Channel {
@@ -27,6 +29,7 @@ impl Channel {
             Self::Rest => "rest",
             Self::Webhook => "webhook",
             Self::Ws => "ws",
+            Self::Reconcile => "reconcile",
         }
     }
 }

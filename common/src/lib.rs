@@ -4,9 +4,11 @@
 //! versioned message that travels over RabbitMQ ([`envelope`]), the broker topology
 //! names ([`topology`]), the error body Dojo expects ([`error`]), webhook signatures
 //! ([`signature`]), configuration pieces ([`settings`]) and logging set-up
-//! ([`telemetry`]). Nothing here knows about HTTP frameworks.
+//! ([`telemetry`]), and the one Dojo API client ([`dojo_api`]). Nothing here knows
+//! about HTTP server frameworks.
 
 pub mod amqp;
+pub mod dojo_api;
 pub mod envelope;
 pub mod error;
 pub mod event;

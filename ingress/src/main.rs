@@ -132,10 +132,10 @@ async fn register(channel: Channel) {
             let r = Registration::from_source(env, target).unwrap_or_else(|e| fail(2, e));
             vec![(String::new(), Ok(r))]
         };
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .unwrap_or_else(|e| fail(1, e));
+    // The shared Dojo client's configuration: timeouts, URL and version in one place.
+    let http = common::dojo_api::ApiConfig::from_source(env)
+        .unwrap_or_else(|e| fail(2, e))
+        .http();
     let mut failed = 0;
     for (location, registration) in &registrations {
         let label = if location.is_empty() {

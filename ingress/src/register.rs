@@ -7,11 +7,12 @@
 //! credentials are the location's own.
 
 use common::locations::{Location, Locations};
-use common::settings::{optional, or_default, ConfigError, Secret, Source};
+use common::settings::{optional, ConfigError, Secret, Source};
 use serde_json::{json, Value};
 
-/// Dojo's API version header value this client speaks.
-pub const API_VERSION: &str = "2024-02-05";
+/// Dojo's API version header value by default (`DOJO_API_VERSION` overrides): the one
+/// of the shared client, [`common::dojo_api`].
+pub const API_VERSION: &str = common::dojo_api::DEFAULT_API_VERSION;
 const CAPABILITIES: [&str; 2] = [
     "HandleEvent:payment_intent.created",
     "HandleEvent:payment_intent.status_updated",
@@ -31,6 +32,8 @@ pub enum Target {
 #[derive(Debug, Clone)]
 pub struct Registration {
     pub api_url: String,
+    /// The `version` header (`DOJO_API_VERSION`).
+    pub api_version: String,
     pub api_key: Secret,
     pub software_house_id: String,
     pub reseller_id: Option<String>,
@@ -112,10 +115,10 @@ impl Registration {
                 return Err(ConfigError(format!("--url {url:?} must be an http(s) URL")));
             }
         }
+        let api = common::dojo_api::ApiConfig::from_source(src)?;
         Ok(Self {
-            api_url: or_default(src, "DOJO_API_URL", "https://api.dojo.tech")
-                .trim_end_matches('/')
-                .to_owned(),
+            api_url: api.url,
+            api_version: api.version,
             api_key,
             software_house_id: optional(src, "DOJO_SOFTWARE_HOUSE_ID").ok_or_else(|| {
                 ConfigError("DOJO_SOFTWARE_HOUSE_ID is required to register".into())
@@ -169,7 +172,7 @@ impl Registration {
         let mut headers = vec![
             ("authorization", format!("Basic {key}")),
             ("software-house-id", self.software_house_id.clone()),
-            ("version", API_VERSION.to_owned()),
+            ("version", self.api_version.clone()),
             ("content-type", "application/json".to_owned()),
         ];
         if let Some(r) = &self.reseller_id {

@@ -121,7 +121,9 @@ async fn payment_intent(
 async fn load(pool: &sqlx::PgPool, id: &str) -> Result<Option<serde_json::Value>, sqlx::Error> {
     let Some(row) = sqlx::query(
         "SELECT payment_intent_id, account_id, status, capture_mode, status_changed_at,
-                last_event_id, created_at, updated_at
+                last_event_id, created_at, updated_at, amount_value, amount_currency,
+                tips_value, tips_currency, total_value, total_currency, refunded_amount,
+                reference, order_id, waiter_id, captures, card_summary, dojo_updated_at
          FROM payment_intents WHERE payment_intent_id = $1",
     )
     .bind(id)
@@ -160,6 +162,27 @@ async fn load(pool: &sqlx::PgPool, id: &str) -> Result<Option<serde_json::Value>
         "lastEventId": row.try_get::<String, _>("last_event_id")?,
         "createdAt": row.try_get::<DateTime<Utc>, _>("created_at")?,
         "updatedAt": row.try_get::<DateTime<Utc>, _>("updated_at")?,
+        "amount": money(&row, "amount")?,
+        "tipsAmount": money(&row, "tips")?,
+        "totalAmount": money(&row, "total")?,
+        "refundedAmount": row.try_get::<Option<i64>, _>("refunded_amount")?,
+        "reference": row.try_get::<Option<String>, _>("reference")?,
+        "orderId": row.try_get::<Option<String>, _>("order_id")?,
+        "waiterId": row.try_get::<Option<String>, _>("waiter_id")?,
+        "captures": row.try_get::<Option<serde_json::Value>, _>("captures")?,
+        "cardSummary": row.try_get::<Option<String>, _>("card_summary")?,
+        "dojoUpdatedAt": row.try_get::<Option<DateTime<Utc>>, _>("dojo_updated_at")?,
         "events": events,
     })))
+}
+
+/// Money (`{"value": minor units, "currencyCode"}`) from `{prefix}_value` and
+/// `{prefix}_currency`; `null` until known.
+fn money(row: &sqlx::postgres::PgRow, prefix: &str) -> Result<serde_json::Value, sqlx::Error> {
+    let value: Option<i64> = row.try_get(format!("{prefix}_value").as_str())?;
+    let currency: Option<String> = row.try_get(format!("{prefix}_currency").as_str())?;
+    Ok(match (value, currency) {
+        (Some(value), Some(code)) => json!({"value": value, "currencyCode": code}),
+        _ => serde_json::Value::Null,
+    })
 }

@@ -9,7 +9,10 @@
 //! 3. The current state of the intents.
 //! 4. The new events, folded in delivery order through [`crate::rule`] (several events
 //!    of one intent in one batch included), are inserted with their outcomes...
-//! 5. ...and each intent whose state changed is written once, with its final state.
+//! 5. ...and each intent whose state changed is written once, with its final state;
+//! 6. with [`Scheduling`], each of those intents gets a details fetch in the
+//!    `enrichment_outbox` (one row per intent: a burst of events coalesces), in the same
+//!    transaction, so no applied event ever lacks its fetch (crate::enrich).
 
 use crate::payload::{storable, Payload};
 use crate::rule::{decide, Change, Current, Decision, Outcome, Stamp};
@@ -27,8 +30,20 @@ pub struct Incoming<'a> {
     pub payload: &'a str,
 }
 
+/// Which applied intents get a details fetch, and after how long (letting a burst of
+/// events for one payment coalesce into one fetch).
+pub struct Scheduling<'a> {
+    /// Whether the account has an API key (no key: enrichment off for it).
+    pub has_key: &'a (dyn Fn(&str) -> bool + Send + Sync),
+    pub delay: std::time::Duration,
+}
+
 /// Applies `batch`; returns one outcome per element, in order.
-pub async fn apply(pool: &PgPool, batch: &[Incoming<'_>]) -> Result<Vec<Outcome>, sqlx::Error> {
+pub async fn apply(
+    pool: &PgPool,
+    batch: &[Incoming<'_>],
+    scheduling: Option<&Scheduling<'_>>,
+) -> Result<Vec<Outcome>, sqlx::Error> {
     let changes: Vec<Option<Change>> = batch.iter().map(|i| Change::of(i.event)).collect();
     let mut intents: Vec<&str> = changes
         .iter()
@@ -104,6 +119,9 @@ pub async fn apply(pool: &PgPool, batch: &[Incoming<'_>]) -> Result<Vec<Outcome>
     }
     insert_events(&mut tx, batch, &fresh, &outcomes).await?;
     write_intents(&mut tx, batch, &changes, &state, &changed).await?;
+    if let Some(scheduling) = scheduling {
+        schedule_fetches(&mut tx, batch, &changes, &state, &changed, scheduling).await?;
+    }
     tx.commit().await?;
     Ok(outcomes)
 }
@@ -179,6 +197,59 @@ async fn insert_events(
     Ok(())
 }
 
+/// The account of an intent: that of the event that set its state (by event id).
+fn accounts<'b>(
+    batch: &'b [Incoming<'_>],
+    changes: &'b [Option<Change>],
+) -> HashMap<&'b str, &'b str> {
+    batch
+        .iter()
+        .zip(changes)
+        .filter_map(|(i, c)| {
+            Some((
+                c.as_ref()?.stamp.event_id.as_str(),
+                i.event.account_id.as_str(),
+            ))
+        })
+        .collect()
+}
+
+/// One outbox row per changed intent; an existing row (pending, or being fetched) only
+/// has its generation bumped, so it is fetched again if a fetch is under way.
+async fn schedule_fetches(
+    tx: &mut sqlx::PgConnection,
+    batch: &[Incoming<'_>],
+    changes: &[Option<Change>],
+    state: &HashMap<String, Current>,
+    changed: &[String],
+    scheduling: &Scheduling<'_>,
+) -> Result<(), sqlx::Error> {
+    let account = accounts(batch, changes);
+    let (ids, accounts): (Vec<&str>, Vec<&str>) = changed
+        .iter()
+        .filter_map(|id| {
+            let a = account.get(state[id].stamp.event_id.as_str()).copied()?;
+            (scheduling.has_key)(a).then_some((id.as_str(), a))
+        })
+        .unzip();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO enrichment_outbox AS o (payment_intent_id, account_id, due_at)
+         SELECT pi, acc, now() + $3 * interval '1 millisecond'
+         FROM unnest($1::text[], $2::text[]) AS t(pi, acc)
+         ON CONFLICT (payment_intent_id) DO UPDATE SET
+             generation = o.generation + 1, account_id = EXCLUDED.account_id",
+    )
+    .bind(&ids)
+    .bind(&accounts)
+    .bind(scheduling.delay.as_millis() as f64)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 async fn write_intents(
     tx: &mut sqlx::PgConnection,
     batch: &[Incoming<'_>],
@@ -189,17 +260,7 @@ async fn write_intents(
     if changed.is_empty() {
         return Ok(());
     }
-    // The account of an intent: that of the event that set its state.
-    let account: HashMap<&str, &str> = batch
-        .iter()
-        .zip(changes)
-        .filter_map(|(i, c)| {
-            Some((
-                c.as_ref()?.stamp.event_id.as_str(),
-                i.event.account_id.as_str(),
-            ))
-        })
-        .collect();
+    let account = accounts(batch, changes);
     let rows: Vec<&Current> = changed.iter().map(|id| &state[id]).collect();
     sqlx::query(
         "INSERT INTO payment_intents AS pi (payment_intent_id, account_id, status, capture_mode,

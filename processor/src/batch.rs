@@ -327,7 +327,16 @@ async fn apply_with_retries(
             &items[which[0]].ids
         );
         span.record("messaging.batch.message_count", batch.len());
-        match apply(&worker.pool, &batch).instrument(span).await {
+        let has_key = |account: &str| worker.can_fetch(account);
+        let scheduling = crate::apply::Scheduling {
+            has_key: &has_key,
+            delay: worker.settings.enrich.delay,
+        };
+        let scheduling = worker.settings.enrich.enabled.then_some(&scheduling);
+        match apply(&worker.pool, &batch, scheduling)
+            .instrument(span)
+            .await
+        {
             Ok(outcomes) => return Ok(outcomes),
             // Not retried at once: the holder is unlikely to be gone in 250 ms, and
             // each attempt would wait the whole lock timeout again.

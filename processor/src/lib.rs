@@ -8,7 +8,11 @@
 //! - [`dedupe`]: the Redis fast path; [`apply`]: the batch transaction (the truth);
 //! - [`rule`]: the payment state rule, as pure functions; [`payload`]: what of the body
 //!   is stored where (any valid JSON, losslessly);
-//! - [`api`]: health, readiness and the read API; [`db`]: pool and migrations.
+//! - [`api`]: health, readiness and the read API; [`db`]: pool and migrations;
+//! - [`enrich`]: payment details fetched from Dojo's API through the outbox written by
+//!   [`apply`], off the acknowledgement path; [`snapshot`]: storing them;
+//!   [`reconcile`]: making the records agree with Dojo's snapshots; [`sweep`]: finding
+//!   what was never delivered (search over a window, overdue intents).
 
 pub mod api;
 pub mod apply;
@@ -17,13 +21,17 @@ pub mod consumer;
 pub mod db;
 pub mod dedupe;
 pub mod dlq;
+pub mod enrich;
 pub mod handle;
 pub mod metrics;
 pub mod payload;
+pub mod reconcile;
 pub mod retry;
 pub mod rule;
 pub mod settings;
 pub mod settle;
+pub mod snapshot;
+pub mod sweep;
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
@@ -46,18 +54,14 @@ pub struct Worker {
     /// Deliveries settled with the broker (acked, including duplicates and dead letters).
     pub settled: AtomicU64,
     pub metrics: metrics::Metrics,
+    /// Dojo's API (payment details, sweeps), throttled per location key.
+    pub dojo: common::dojo_api::DojoApi,
 }
 
-pub struct Application {
-    server: actix_web::dev::Server,
-    addr: SocketAddr,
-    worker: Arc<Worker>,
-}
-
-impl Application {
-    /// Connects to PostgreSQL (creating the database and applying migrations) and binds
-    /// the HTTP listener. Consuming starts in [`Application::run_until_stopped`].
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+impl Worker {
+    /// Connects to PostgreSQL (creating the database and applying migrations) and sets
+    /// up Redis and the Dojo API client; consumes nothing.
+    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
         let pool = db::connect_and_migrate(
             &settings.database_url,
             settings.db_pool,
@@ -74,17 +78,39 @@ impl Application {
             settings.claim_lease,
             settings.done_ttl,
         );
-        let listener = TcpListener::bind(&settings.addr)
-            .with_context(|| format!("cannot listen on {}", settings.addr))?;
-        let addr = listener.local_addr()?;
-        let worker = Arc::new(Worker {
+        let metrics = metrics::Metrics::default();
+        let dojo = common::dojo_api::DojoApi::new(settings.dojo_api.clone(), metrics.api.clone());
+        Ok(Self {
             settings,
             pool,
             dedupe,
             consuming: AtomicBool::new(false),
             settled: AtomicU64::new(0),
-            metrics: metrics::Metrics::default(),
-        });
+            metrics,
+            dojo,
+        })
+    }
+
+    /// Whether details of `account`'s intents can be fetched (a key for it).
+    pub fn can_fetch(&self, account: &str) -> bool {
+        enrich::credentials(&self.settings.locations, account).is_some()
+    }
+}
+
+pub struct Application {
+    server: actix_web::dev::Server,
+    addr: SocketAddr,
+    worker: Arc<Worker>,
+}
+
+impl Application {
+    /// Connects to PostgreSQL (creating the database and applying migrations) and binds
+    /// the HTTP listener. Consuming starts in [`Application::run_until_stopped`].
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&settings.addr)
+            .with_context(|| format!("cannot listen on {}", settings.addr))?;
+        let addr = listener.local_addr()?;
+        let worker = Arc::new(Worker::connect(settings).await?);
         let data = web::Data::new(worker.clone());
         let server =
             HttpServer::new(move || App::new().app_data(data.clone()).configure(api::configure))
@@ -116,13 +142,31 @@ impl Application {
     /// acks in-flight work, and returns.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
-        let consumer = tokio::spawn(consumer::run(self.worker.clone(), stopped));
+        let consumer = tokio::spawn(consumer::run(self.worker.clone(), stopped.clone()));
+        let enricher = self
+            .worker
+            .settings
+            .enrich
+            .enabled
+            .then(|| tokio::spawn(enrich::run(self.worker.clone(), stopped.clone())));
+        let sweeper = self
+            .worker
+            .settings
+            .sweep
+            .periodic()
+            .then(|| tokio::spawn(sweep::run_periodic(self.worker.clone(), stopped.clone())));
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight messages");
         stop.send_replace(true);
         consumer.await?;
+        if let Some(enricher) = enricher {
+            enricher.await?;
+        }
+        if let Some(sweeper) = sweeper {
+            sweeper.await?;
+        }
         handle.stop(true).await;
         server.await??;
         self.worker.pool.close().await;

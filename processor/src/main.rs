@@ -1,5 +1,6 @@
-//! The `processor` binary: consumes and applies events (default), or inspects and
-//! replays dead letters (`processor dlq list|replay`).
+//! The `processor` binary: consumes and applies events (default), inspects and
+//! replays dead letters (`processor dlq list|replay`), or sweeps Dojo's API for what was
+//! never delivered (`processor reconcile --location ID|--all --since DURATION`).
 
 use clap::{Parser, Subcommand};
 use processor::dlq::{self, Selection};
@@ -23,6 +24,20 @@ enum Command {
     Healthcheck {
         #[arg(long)]
         ready: bool,
+    },
+    /// Page through Dojo's payment intents created over the last DURATION and repair
+    /// the records (missed statuses, intents never delivered), then fetch the overdue
+    /// ones; prints what each location's sweep did. Exit 1 if a sweep failed.
+    Reconcile {
+        /// Only this location (an id of DOJO_LOCATIONS_FILE, or `default`).
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        location: Option<String>,
+        /// Every location with an API key.
+        #[arg(long)]
+        all: bool,
+        /// How far back: 90m, 24h, 7d, ...
+        #[arg(long, value_parser = parse_since)]
+        since: std::time::Duration,
     },
     /// Inspect or replay the dead-letter queue (dojo.events.dead).
     Dlq {
@@ -54,6 +69,11 @@ enum Dlq {
     },
 }
 
+fn parse_since(text: &str) -> Result<std::time::Duration, String> {
+    processor::retry::parse_delay(text)
+        .ok_or_else(|| format!("{text:?}: a duration like 90m, 24h, 7d"))
+}
+
 fn fail(code: i32, message: impl std::fmt::Display) -> ! {
     eprintln!("processor: {message}");
     std::process::exit(code);
@@ -64,6 +84,9 @@ async fn main() {
     match Cli::parse().command {
         None => serve().await,
         Some(Command::Dlq { action }) => dead_letters(action).await,
+        Some(Command::Reconcile {
+            location, since, ..
+        }) => reconcile(location, since).await,
         Some(Command::Healthcheck { ready }) => {
             let addr = Settings::from_env().unwrap_or_else(|e| fail(2, e)).addr;
             common::health::run("processor", &addr, ready)
@@ -114,6 +137,49 @@ async fn dead_letters(action: Dlq) {
                 common::topology::EXCHANGE
             );
         }
+    }
+}
+
+async fn reconcile(only: Option<String>, since: std::time::Duration) {
+    let _telemetry = common::telemetry::init("processor").unwrap_or_else(|e| fail(2, e));
+    let settings = Settings::from_env().unwrap_or_else(|e| fail(2, e));
+    let locations: Vec<_> = match &only {
+        Some(id) => vec![settings
+            .locations
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| fail(2, format!("no location {id:?}")))],
+        None => settings
+            .locations
+            .iter()
+            .filter(|l| l.api_key().is_some())
+            .cloned()
+            .collect(),
+    };
+    let worker = processor::Worker::connect(settings)
+        .await
+        .unwrap_or_else(|e| fail(1, format!("{e:#}")));
+    let until = chrono::Utc::now();
+    let from = until - chrono::Duration::from_std(since).unwrap_or_else(|e| fail(2, e));
+    let mut failed = false;
+    for location in locations {
+        match processor::sweep::sweep_location(&worker, &location, from, until).await {
+            Ok(r) if r.skipped => {
+                println!("{}: another replica is sweeping it; skipped", r.location)
+            }
+            Ok(r) => println!(
+                "{}: {} intents seen, {} repaired, {} details stored",
+                r.location, r.seen, r.repaired, r.stored
+            ),
+            Err(e) => {
+                failed = true;
+                println!("{}: sweep failed: {e:#}", location.id);
+            }
+        }
+    }
+    worker.pool.close().await;
+    if failed {
+        std::process::exit(1);
     }
 }
 

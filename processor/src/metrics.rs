@@ -1,9 +1,11 @@
 //! Processor metrics, served at `/metrics` in Prometheus text format.
 
 use common::metrics::{
-    counter, counter_vec, gauge, histogram, histogram_vec, LAG_BUCKETS, LATENCY_BUCKETS,
+    counter, counter_vec, gauge, gauge_vec, histogram, histogram_vec, LAG_BUCKETS, LATENCY_BUCKETS,
 };
-use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+use prometheus::{
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -23,6 +25,21 @@ pub struct Metrics {
     pub stage: HistogramVec,
     /// Deliveries per batch.
     pub batch_size: Histogram,
+    /// Dojo API calls by location, operation and status; broken keys.
+    pub api: common::dojo_api::ApiMetrics,
+    /// Rows of `enrichment_outbox`: details fetches scheduled and not done yet.
+    pub fetches_pending: IntGauge,
+    /// Details fetches by outcome: stored, not_newer, deferred, retried, key_broken,
+    /// not_found, no_key.
+    pub fetches: IntCounterVec,
+    /// Synthetic `reconcile` events applied, by source (enrichment, sweep, overdue)
+    /// and reason (status_behind, unknown_intent).
+    pub repairs: IntCounterVec,
+    /// Time of one sweep of one location, by kind (window, overdue).
+    pub sweep_duration: HistogramVec,
+    /// End of the window of the last completed sweep, per location (Unix seconds):
+    /// `time() - this` is the sweep lag.
+    pub sweep_last_success: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -80,6 +97,37 @@ impl Default for Metrics {
                 &registry,
                 "dojo_processor_broker_reconnects_total",
                 "Broker connections opened after the first",
+            ),
+            api: common::dojo_api::ApiMetrics::new(&registry),
+            fetches_pending: gauge(
+                &registry,
+                "dojo_processor_fetches_pending",
+                "Payment-details fetches scheduled and not done yet",
+            ),
+            fetches: counter_vec(
+                &registry,
+                "dojo_processor_fetches_total",
+                "Payment-details fetches, by outcome",
+                &["outcome"],
+            ),
+            repairs: counter_vec(
+                &registry,
+                "dojo_processor_repairs_total",
+                "Records repaired from Dojo's API (synthetic reconcile events applied)",
+                &["source", "reason"],
+            ),
+            sweep_duration: histogram_vec(
+                &registry,
+                "dojo_processor_sweep_duration_seconds",
+                "Time of one reconciliation sweep of one location, by kind",
+                &["kind"],
+                LAG_BUCKETS,
+            ),
+            sweep_last_success: gauge_vec(
+                &registry,
+                "dojo_processor_sweep_last_success_timestamp_seconds",
+                "End of the window of the location's last completed sweep",
+                &["location"],
             ),
             registry,
         }

@@ -31,7 +31,8 @@ impl Default for Schedule {
     }
 }
 
-fn parse_delay(text: &str) -> Option<Duration> {
+/// `1500ms`, `5s`, `2m`, `3h`, `7d`: a positive duration.
+pub fn parse_delay(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = text.split_at(split);
@@ -41,6 +42,7 @@ fn parse_delay(text: &str) -> Option<Duration> {
         "s" => n * 1000,
         "m" => n * 60_000,
         "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
         _ => return None,
     };
     (ms > 0).then(|| Duration::from_millis(ms))

@@ -37,6 +37,15 @@ pub struct Settings {
     /// `PROCESSOR_RETRY_DELAYS` (default `1s,5s,30s,2m,10m`) and `PROCESSOR_RETRY_ATTEMPTS`
     /// (default 30): when transient failures are tried again.
     pub retry: crate::retry::Schedule,
+    /// `DOJO_LOCATIONS_FILE`, else `DOJO_API_KEY` as location `default` (any account):
+    /// whose key fetches an intent's details (read at start).
+    pub locations: common::locations::Locations,
+    /// `DOJO_API_URL`, `DOJO_API_VERSION`, `DOJO_API_RATE`, ... (common::dojo_api).
+    pub dojo_api: common::dojo_api::ApiConfig,
+    /// `ENRICH_*`: the fetches of payment details (crate::enrich).
+    pub enrich: crate::enrich::EnrichSettings,
+    /// `SWEEP_*`: the periodic reconciliation sweeps (crate::sweep).
+    pub sweep: crate::sweep::SweepSettings,
 }
 
 impl Settings {
@@ -94,6 +103,10 @@ impl Settings {
                 &or_default(src, "PROCESSOR_RETRY_DELAYS", "1s,5s,30s,2m,10m"),
                 parsed(src, "PROCESSOR_RETRY_ATTEMPTS", 30u32)?,
             )?,
+            locations: common::locations::Locations::from_source(src, false)?,
+            dojo_api: common::dojo_api::ApiConfig::from_source(src)?,
+            enrich: crate::enrich::EnrichSettings::from_source(src)?,
+            sweep: crate::sweep::SweepSettings::from_source(src)?,
         })
     }
 }

@@ -5,10 +5,12 @@
 //! - [`client`]: delivery over signed webhooks and Basic-authenticated REST;
 //! - [`ws`]: Dojo's WebSocket endpoint, pushing JSON-RPC `HandleEventV1` requests to a
 //!   connected POS and matching its replies;
-//! - [`fake_api`]: Dojo's capability-registration API (`PUT /epos/integrations/...`);
+//! - [`fake_api`]: Dojo's API: capability registration (`PUT /epos/integrations/...`)
+//!   and payment intents (`GET /payment-intents/{id}`, `POST /payment-intents/search`),
+//!   with faults (429, 500, slow answers, refused keys);
 //! - [`locations`]: many location accounts, their locations file and their lifecycles;
 //! - [`scenario`]: payment lifecycles with duplicates and disorder, and the final states
-//!   they must produce;
+//!   they must produce; [`truth`]: what Dojo's API says about each (money, order link);
 //! - [`run`]: drives a scenario over the channels at a rate and reports what was
 //!   acknowledged; [`verify`] checks the outcome against the processor's read API.
 
@@ -16,8 +18,10 @@ pub mod client;
 pub mod event;
 pub mod fake_api;
 pub mod locations;
+pub mod payment_intents;
 pub mod run;
 pub mod scenario;
+pub mod truth;
 pub mod verify;
 pub mod ws;
 

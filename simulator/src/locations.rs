@@ -90,6 +90,8 @@ pub fn lifecycles(
         deliveries: Vec::new(),
         distinct: 0,
         expected: Default::default(),
+        truth: Default::default(),
+        lost: Vec::new(),
     };
     for (i, l) in locations.iter().enumerate() {
         let one = scenario::lifecycles(
@@ -101,6 +103,7 @@ pub fn lifecycles(
         all.deliveries.extend(one.deliveries);
         all.distinct += one.distinct;
         all.expected.extend(one.expected);
+        all.truth.extend(one.truth);
     }
     let mut rng: StdRng = rand::SeedableRng::seed_from_u64(seed);
     all.deliveries.shuffle(&mut rng);

@@ -95,6 +95,15 @@ struct RunArgs {
     /// Fraction of deliveries also sent over a second channel.
     #[arg(long, default_value_t = 0.1)]
     doubling: f64,
+    /// Fraction of distinct events never sent on any channel (lost for good; a sweep of
+    /// the processor repairs them from the Dojo API of --api-listen).
+    #[arg(long, default_value_t = 0.0)]
+    lose: f64,
+    /// Serve Dojo's payment-intent API here (GET /payment-intents/{id}, POST
+    /// /payment-intents/search) over the generated payments: point the processor's
+    /// DOJO_API_URL at it. Keys: each location's, or --ws-api-key (default sk_sandbox_demo).
+    #[arg(long)]
+    api_listen: Option<String>,
     /// Fraction of deliveries held back to the end (late retries).
     #[arg(long, default_value_t = 0.05)]
     late: f64,
@@ -228,7 +237,34 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         simulator::locations::lifecycles(&sims, args.intents, args.duplicates, args.seed)
     }
-    .with_late(args.late, args.seed);
+    .with_late(args.late, args.seed)
+    .lose(args.lose, args.seed);
+    let _api = match &args.api_listen {
+        None => None,
+        Some(addr) => {
+            let api = simulator::fake_api::FakeDojoApi::start(addr)?;
+            let single = args
+                .ws_api_key
+                .clone()
+                .unwrap_or_else(|| "sk_sandbox_demo".into());
+            let keys: Vec<(&str, &str)> = if sims.is_empty() {
+                vec![(single.as_str(), args.account.as_str())]
+            } else {
+                sims.iter()
+                    .map(|l| (l.api_key.as_str(), l.account_id.as_str()))
+                    .collect()
+            };
+            api.serve_truth(&scenario.truth, keys);
+            println!("Dojo payment-intent API at {}", api.url);
+            Some(api)
+        }
+    };
+    if !scenario.lost.is_empty() {
+        println!(
+            "{} distinct events lost for good (never sent)",
+            scenario.lost.len()
+        );
+    }
     let options = Options {
         channels,
         rate: args.rate,

@@ -3,6 +3,7 @@
 
 use crate::event::Event;
 use chrono::{DateTime, Duration, Utc};
+use common::dojo_api::PaymentIntent;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -29,15 +30,30 @@ pub struct Scenario {
     pub distinct: usize,
     /// Payment intent id -> its final status.
     pub expected: HashMap<String, String>,
+    /// Payment intent id -> Dojo's truth about it (what its API serves): amounts, tips,
+    /// refunds, captures, reference, order, card; `updatedAt` = its last event's time.
+    pub truth: HashMap<String, Truth>,
+    /// Distinct events never sent on any channel ([`Scenario::lose`]).
+    pub lost: Vec<Event>,
+}
+
+/// One intent as Dojo knows it, with the account it belongs to.
+#[derive(Debug, Clone)]
+pub struct Truth {
+    pub account_id: String,
+    pub intent: PaymentIntent,
 }
 
 /// `intents` lifecycles (half Auto, half Manual) for `account`, each event sent once,
 /// `duplicate_ratio` of them once more, all shuffled. Deterministic for a given seed.
 pub fn lifecycles(account: &str, intents: usize, duplicate_ratio: f64, seed: u64) -> Scenario {
     let mut rng = StdRng::seed_from_u64(seed);
-    let start: DateTime<Utc> = Utc::now() - Duration::hours(1);
+    // Microseconds: what PostgreSQL keeps, so Dojo's `updatedAt` compares exactly.
+    let start = micros(Utc::now() - Duration::hours(1));
     let mut events = Vec::new();
     let mut expected = HashMap::new();
+    let mut truth = HashMap::new();
+    let mut money = StdRng::seed_from_u64(seed ^ 0x0030_11e7);
     for n in 0..intents {
         let manual = n % 2 == 1;
         let shapes = if manual { &MANUAL } else { &AUTO };
@@ -56,6 +72,16 @@ pub fn lifecycles(account: &str, intents: usize, duplicate_ratio: f64, seed: u64
             events.push(e);
             at += Duration::microseconds(rng.random_range(1..5_000_000));
         }
+        let first = events[events.len() - steps.len()].created_at;
+        let last = events[events.len() - 1].created_at;
+        let intent = crate::truth::intent(&mut money, &pi, n, steps, manual, first, last);
+        truth.insert(
+            pi.clone(),
+            Truth {
+                account_id: account.into(),
+                intent,
+            },
+        );
         expected.insert(pi, steps[steps.len() - 1].to_string());
     }
     let distinct = events.len();
@@ -70,7 +96,13 @@ pub fn lifecycles(account: &str, intents: usize, duplicate_ratio: f64, seed: u64
         deliveries: events,
         distinct,
         expected,
+        truth,
+        lost: Vec::new(),
     }
+}
+
+fn micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.timestamp_micros()).expect("a recent instant")
 }
 
 impl Scenario {
@@ -112,6 +144,36 @@ impl Scenario {
             .len();
         self.expected = expected;
         self.distinct = distinct;
+        self.truth.retain(|pi, _| self.expected.contains_key(pi));
+        for (pi, t) in &mut self.truth {
+            t.intent.status = self.expected.get(pi).cloned();
+        }
+        self
+    }
+
+    /// Loses about `ratio` of the distinct events for good: no copy of them is sent on
+    /// any channel (a long outage, an exhausted Dojo retry). `expected` and `truth` still
+    /// say what Dojo knows; `lost` lists them.
+    pub fn lose(mut self, ratio: f64, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x105e);
+        let mut ids: Vec<&str> = self.deliveries.iter().map(|e| e.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let lost: std::collections::HashSet<String> = ids
+            .into_iter()
+            .filter(|_| rng.random_bool(ratio))
+            .map(str::to_owned)
+            .collect();
+        let (gone, kept): (Vec<Event>, Vec<Event>) = self
+            .deliveries
+            .into_iter()
+            .partition(|e| lost.contains(&e.id));
+        self.deliveries = kept;
+        let mut seen = std::collections::HashSet::new();
+        self.lost = gone
+            .into_iter()
+            .filter(|e| seen.insert(e.id.clone()))
+            .collect();
         self
     }
 }
