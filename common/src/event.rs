@@ -75,9 +75,15 @@ impl DojoEvent {
         if self.account_id.trim().is_empty() {
             return fail("invalid event: `accountId` is empty");
         }
+        if self.event.as_str().trim().is_empty() {
+            return fail("invalid event: `event` is empty");
+        }
         // Ids travel as AMQP short strings (message_id) and Redis keys.
-        if self.id.len() > MAX_ID_LEN || self.account_id.len() > MAX_ID_LEN {
-            return fail("invalid event: `id` or `accountId` is longer than 255 bytes");
+        let pi_len = self.data.payment_intent_id.as_ref().map_or(0, String::len);
+        if self.id.len() > MAX_ID_LEN || self.account_id.len() > MAX_ID_LEN || pi_len > MAX_ID_LEN {
+            return fail(
+                "invalid event: `id`, `accountId` or `data.paymentIntentId` is longer than 255 bytes",
+            );
         }
         self.check_storable()?;
         if self.event.is_known() {
@@ -301,6 +307,19 @@ mod tests {
             ),
             (
                 VECTOR.replace("evt_hnnHxIKR_Uy6bhZCusCltw", &"e".repeat(256)),
+                "255 bytes",
+            ),
+            // Found by Schemathesis: an empty type is no type.
+            (
+                VECTOR.replace("\"payment_intent.created\"", "\"\""),
+                "`event` is empty",
+            ),
+            (
+                VECTOR.replace("\"payment_intent.created\"", "\"  \""),
+                "`event` is empty",
+            ),
+            (
+                VECTOR.replace("pi_vpwd4ooAPEqyNAQe4z89WQ", &"p".repeat(256)),
                 "255 bytes",
             ),
             (

@@ -26,6 +26,14 @@ pub use error::{EposError, ErrorType};
 pub use event::{CaptureMode, DojoEvent, EventType, PaymentStatus, ValidationError};
 pub use time::DojoTime;
 
+/// A JSON answer's text: the value, then a newline, as any text a person may `curl`
+/// should end (both services' HTTP answers use it).
+pub fn json_line<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    let mut body = serde_json::to_string(value).expect("JSON values serialise");
+    body.push('\n');
+    body
+}
+
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -39,9 +39,8 @@ pub trait JsonLine {
 
 impl JsonLine for HttpResponseBuilder {
     fn json_line(&mut self, value: impl serde::Serialize) -> HttpResponse {
-        let mut body = serde_json::to_string(&value).expect("JSON values serialise");
-        body.push('\n');
-        self.content_type("application/json").body(body)
+        self.content_type("application/json")
+            .body(common::json_line(&value))
     }
 }
 

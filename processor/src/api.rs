@@ -1,14 +1,15 @@
-//! The processor's HTTP surface: health, readiness, and the payment-intent read API.
+//! The processor's HTTP surface: health, readiness, the payment-intent read API, and
+//! `/openapi.json` (this service's description, generated from these handlers).
 
 use crate::Worker;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use chrono::{DateTime, Utc};
 use common::{EposError, ErrorType};
 use serde::Serialize;
-use serde_json::json;
 use sqlx::Row;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use utoipa::{OpenApi, ToSchema};
 
 /// Equality in constant time that hides the length too: compares SHA-256 digests.
 fn constant_time_eq(a: &str, b: &str) -> bool {
@@ -22,13 +23,57 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
+        .route("/openapi.json", web::get().to(openapi))
         .route("/v1/payment-intents/{id}", web::get().to(payment_intent));
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+/// A JSON answer ending with a newline.
+fn json_line(mut builder: HttpResponseBuilder, value: &impl Serialize) -> HttpResponse {
+    builder
+        .content_type("application/json")
+        .body(common::json_line(value))
 }
 
+/// `/healthz`.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// `/readyz`: ready while consuming with the database reachable.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    consuming: bool,
+    database: bool,
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "The process runs", body = Health))
+)]
+async fn healthz() -> HttpResponse {
+    json_line(HttpResponse::Ok(), &Health { status: "ok" })
+}
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "This description (OpenAPI 3.1)", content_type = "application/json", body = Object))
+)]
+async fn openapi() -> HttpResponse {
+    json_line(HttpResponse::Ok(), &ProcessorApi::openapi())
+}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format (docs/OPERATIONS.md lists the series)", body = String, content_type = "text/plain"))
+)]
 async fn metrics(worker: web::Data<Arc<Worker>>) -> HttpResponse {
     worker
         .metrics
@@ -39,14 +84,26 @@ async fn metrics(worker: web::Data<Arc<Worker>>) -> HttpResponse {
         .body(common::metrics::render(&worker.metrics.registry))
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Consuming, database reachable", body = Readiness),
+        (status = 503, description = "Not consuming, or the database unreachable", body = Readiness),
+    )
+)]
 async fn readyz(worker: web::Data<Arc<Worker>>) -> HttpResponse {
     let consuming = worker.consuming.load(Ordering::SeqCst);
     let database = crate::db::ping(&worker.pool).await;
-    let body = json!({"consuming": consuming, "database": database});
+    let body = Readiness {
+        consuming,
+        database,
+    };
     if consuming && database {
-        HttpResponse::Ok().json(body)
+        json_line(HttpResponse::Ok(), &body)
     } else {
-        HttpResponse::ServiceUnavailable().json(body)
+        json_line(HttpResponse::ServiceUnavailable(), &body)
     }
 }
 
@@ -58,22 +115,84 @@ fn error(status: actix_web::http::StatusCode, kind: ErrorType, message: &str) ->
         message,
         "read API request rejected"
     );
-    HttpResponse::build(status).json(EposError::new(kind, message, &trace_id))
+    json_line(
+        HttpResponse::build(status),
+        &EposError::new(kind, message, &trace_id),
+    )
 }
 
-#[derive(Serialize)]
+/// One `dojo_events` row of a payment intent.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct EventView {
+pub struct EventView {
     event_id: String,
     event_type: String,
     payment_status: Option<String>,
     capture_mode: Option<String>,
-    created_at: DateTime<Utc>,
+    /// Dojo's `createdAt`, exactly as Dojo wrote it (up to 9 fractional digits).
+    #[schema(example = "2022-02-01T13:07:41.8667859Z")]
+    created_at: String,
     received_at: DateTime<Utc>,
+    /// `rest`, `webhook`, `ws`, or `reconcile` (a repair from Dojo's API).
     channel: String,
+    /// `applied`, `stale` or `ignored`.
     outcome: String,
 }
 
+/// An amount in minor units with its currency (Dojo's Money).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Money {
+    #[schema(example = 1500)]
+    value: i64,
+    #[schema(example = "GBP")]
+    currency_code: String,
+}
+
+/// A payment record: its state from the events, its details from Dojo's API (`null`
+/// until fetched), and its events, oldest first.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentIntentView {
+    payment_intent_id: String,
+    account_id: String,
+    status: String,
+    capture_mode: Option<String>,
+    status_changed_at: DateTime<Utc>,
+    last_event_id: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    amount: Option<Money>,
+    tips_amount: Option<Money>,
+    total_amount: Option<Money>,
+    /// Minor units.
+    refunded_amount: Option<i64>,
+    reference: Option<String>,
+    /// `orderDetails.externalId`.
+    order_id: Option<String>,
+    waiter_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    captures: Option<serde_json::Value>,
+    /// Masked card number and type; never the full number.
+    card_summary: Option<String>,
+    dojo_updated_at: Option<DateTime<Utc>>,
+    events: Vec<EventView>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/payment-intents/{id}",
+    tag = "records",
+    description = "A payment intent's record and its events (docs/CONTRACT.md).",
+    params(("id" = String, Path, description = "Dojo's paymentIntentId")),
+    responses(
+        (status = 200, description = "The record", body = PaymentIntentView),
+        (status = 401, description = "Missing or wrong bearer token", body = EposError),
+        (status = 404, description = "Unknown payment intent, or the read API is not configured", body = EposError),
+        (status = 503, description = "The database is unavailable", body = EposError),
+    ),
+    security(("bearer" = []))
+)]
 async fn payment_intent(
     req: HttpRequest,
     id: web::Path<String>,
@@ -101,7 +220,7 @@ async fn payment_intent(
         );
     }
     match load(&worker.pool, &id).await {
-        Ok(Some(body)) => HttpResponse::Ok().json(body),
+        Ok(Some(body)) => json_line(HttpResponse::Ok(), &body),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
             ErrorType::NotFound,
@@ -118,7 +237,7 @@ async fn payment_intent(
     }
 }
 
-async fn load(pool: &sqlx::PgPool, id: &str) -> Result<Option<serde_json::Value>, sqlx::Error> {
+async fn load(pool: &sqlx::PgPool, id: &str) -> Result<Option<PaymentIntentView>, sqlx::Error> {
     let Some(row) = sqlx::query(
         "SELECT payment_intent_id, account_id, status, capture_mode, status_changed_at,
                 last_event_id, created_at, updated_at, amount_value, amount_currency,
@@ -133,7 +252,9 @@ async fn load(pool: &sqlx::PgPool, id: &str) -> Result<Option<serde_json::Value>
         return Ok(None);
     };
     let events = sqlx::query(
-        "SELECT event_id, event_type, payment_status, capture_mode, created_at, received_at, channel, outcome
+        "SELECT event_id, event_type, payment_status, capture_mode, received_at, channel, outcome,
+                COALESCE(payload->>'createdAt',
+                         to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) AS created_at_sent
          FROM dojo_events WHERE payment_intent_id = $1 ORDER BY created_at, event_id",
     )
     .bind(id)
@@ -146,43 +267,80 @@ async fn load(pool: &sqlx::PgPool, id: &str) -> Result<Option<serde_json::Value>
             event_type: r.try_get("event_type")?,
             payment_status: r.try_get("payment_status")?,
             capture_mode: r.try_get("capture_mode")?,
-            created_at: r.try_get("created_at")?,
+            created_at: r.try_get("created_at_sent")?,
             received_at: r.try_get("received_at")?,
             channel: r.try_get("channel")?,
             outcome: r.try_get("outcome")?,
         })
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Some(json!({
-        "paymentIntentId": row.try_get::<String, _>("payment_intent_id")?,
-        "accountId": row.try_get::<String, _>("account_id")?,
-        "status": row.try_get::<String, _>("status")?,
-        "captureMode": row.try_get::<Option<String>, _>("capture_mode")?,
-        "statusChangedAt": row.try_get::<DateTime<Utc>, _>("status_changed_at")?,
-        "lastEventId": row.try_get::<String, _>("last_event_id")?,
-        "createdAt": row.try_get::<DateTime<Utc>, _>("created_at")?,
-        "updatedAt": row.try_get::<DateTime<Utc>, _>("updated_at")?,
-        "amount": money(&row, "amount")?,
-        "tipsAmount": money(&row, "tips")?,
-        "totalAmount": money(&row, "total")?,
-        "refundedAmount": row.try_get::<Option<i64>, _>("refunded_amount")?,
-        "reference": row.try_get::<Option<String>, _>("reference")?,
-        "orderId": row.try_get::<Option<String>, _>("order_id")?,
-        "waiterId": row.try_get::<Option<String>, _>("waiter_id")?,
-        "captures": row.try_get::<Option<serde_json::Value>, _>("captures")?,
-        "cardSummary": row.try_get::<Option<String>, _>("card_summary")?,
-        "dojoUpdatedAt": row.try_get::<Option<DateTime<Utc>>, _>("dojo_updated_at")?,
-        "events": events,
-    })))
+    Ok(Some(PaymentIntentView {
+        payment_intent_id: row.try_get("payment_intent_id")?,
+        account_id: row.try_get("account_id")?,
+        status: row.try_get("status")?,
+        capture_mode: row.try_get("capture_mode")?,
+        status_changed_at: row.try_get("status_changed_at")?,
+        last_event_id: row.try_get("last_event_id")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        amount: money(&row, "amount")?,
+        tips_amount: money(&row, "tips")?,
+        total_amount: money(&row, "total")?,
+        refunded_amount: row.try_get("refunded_amount")?,
+        reference: row.try_get("reference")?,
+        order_id: row.try_get("order_id")?,
+        waiter_id: row.try_get("waiter_id")?,
+        captures: row.try_get("captures")?,
+        card_summary: row.try_get("card_summary")?,
+        dojo_updated_at: row.try_get("dojo_updated_at")?,
+        events,
+    }))
 }
 
 /// Money (`{"value": minor units, "currencyCode"}`) from `{prefix}_value` and
 /// `{prefix}_currency`; `null` until known.
-fn money(row: &sqlx::postgres::PgRow, prefix: &str) -> Result<serde_json::Value, sqlx::Error> {
+fn money(row: &sqlx::postgres::PgRow, prefix: &str) -> Result<Option<Money>, sqlx::Error> {
     let value: Option<i64> = row.try_get(format!("{prefix}_value").as_str())?;
     let currency: Option<String> = row.try_get(format!("{prefix}_currency").as_str())?;
-    Ok(match (value, currency) {
-        (Some(value), Some(code)) => json!({"value": value, "currencyCode": code}),
-        _ => serde_json::Value::Null,
-    })
+    Ok(value.zip(currency).map(|(value, currency_code)| Money {
+        value,
+        currency_code,
+    }))
+}
+
+/// The OpenAPI 3.1 description of the processor's HTTP routes (utoipa), served at
+/// `/openapi.json` and committed as `docs/openapi/processor.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Dojo Events receiver: processor",
+        description = "Health, metrics and the payment records' read API of the processor. The operating contract: docs/CONTRACT.md."
+    ),
+    paths(healthz, readyz, metrics, openapi, payment_intent),
+    components(schemas(PaymentIntentView, EventView, Money, EposError, Health, Readiness)),
+    modifiers(&Bearer),
+    tags(
+        (name = "records", description = "The POS payment records"),
+        (name = "operations", description = "Health, readiness, metrics, this description"),
+    )
+)]
+pub struct ProcessorApi;
+
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        api.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some("PROCESSOR_API_TOKEN"))
+                        .build(),
+                ),
+            );
+    }
 }
