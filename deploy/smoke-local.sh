@@ -46,5 +46,13 @@ wait $runner
 trap - EXIT
 rabbitmqctl -q delete_vhost "$vhost" >/dev/null
 if pgrep -f "target/.*/(ingress|processor)$" >/dev/null; then echo "smoke: services still running"; exit 1; fi
+
+# A service that cannot start (its port taken) fails the whole run, with a non-zero exit.
+holder=$(mktemp); python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1",18182)); s.listen(); open(sys.argv[1],"w").write("up"); time.sleep(600)' "$holder" & blocker=$!
+for _ in $(seq 1 50); do [ -s "$holder" ] && break; sleep 0.1; done
+rc=0
+INGRESS_ADDR=127.0.0.1:18182 PROFILE=${PROFILE:-dev} timeout 120 deploy/run-local.sh >> /tmp/dojo-events-smoke.log 2>&1 || rc=$?
+kill "$blocker" 2>/dev/null || true; rm -f "$holder"
+[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] || { echo "smoke: run-local.sh exited $rc with ingress unable to start"; exit 1; }
 psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
-echo "smoke: local run started, accepted a signed webhook, recorded it (Created/Auto), stopped cleanly"
+echo "smoke: local run started, accepted a signed webhook, recorded it (Created/Auto), stopped cleanly; with ingress unable to start it exited $rc"

@@ -127,7 +127,26 @@ async fn every_alert_rule_reads_series_the_services_really_expose() {
             ("INGRESS_WS_LEASE_RETRY_MS", "200"),
         ],
     );
-    let processor = processor(&services, &[]).await;
+    // Payment details from the simulator's Dojo API: location 1's key works, location 2's
+    // is refused (the key alarm), and a sweep every second.
+    let api = simulator::fake_api::FakeDojoApi::start("127.0.0.1:0").unwrap();
+    api.serve_truth(
+        &Default::default(),
+        [(sims[0].api_key.as_str(), sims[0].account_id.as_str())],
+    );
+    api.refuse_key(&sims[1].api_key);
+    let processor = processor(
+        &services,
+        &[
+            ("DOJO_LOCATIONS_FILE", &path),
+            ("DOJO_API_URL", &api.url),
+            ("SWEEP_INTERVAL", "1s"),
+            ("SWEEP_WINDOW", "1h"),
+            ("ENRICH_POLL_MS", "50"),
+            ("ENRICH_DELAY_MS", "10"),
+        ],
+    )
+    .await;
     ws.wait_for_open(2, PATIENCE).await.unwrap();
     ready(&ingress.url).await;
 
@@ -152,6 +171,29 @@ async fn every_alert_rule_reads_series_the_services_really_expose() {
     event.account_id = sims[1].account_id.clone();
     event.id = "evt_alert_2".into();
     assert_eq!(hook.webhook(&event.body()).await.unwrap().status(), 401);
+    let b = &sims[1];
+    let b_hook = Dojo::new(
+        &format!("{}/locations/{}", ingress.url, b.id),
+        &b.webhook_secret,
+        "u",
+        "p",
+    );
+    event.account_id = b.account_id.clone();
+    event.id = "evt_alert_3".into();
+    event.payment_intent_id = "pi_alert_3".into();
+    assert_eq!(b_hook.webhook(&event.body()).await.unwrap().status(), 200);
+    let processor_metrics = format!("{}/metrics", processor.running.url);
+    wait_until(
+        "the refused key and a completed sweep in the processor's metrics",
+        PATIENCE,
+        || async {
+            let page = page(&processor_metrics).await;
+            (page.contains("dojo_api_key_broken{")
+                && page.contains("dojo_processor_sweep_last_success_timestamp_seconds{"))
+            .then_some(())
+        },
+    )
+    .await;
     std::fs::write(&file, "[[location]]\nid = \"x\"\n").unwrap();
     let metrics_url = format!("{}/metrics", ingress.url);
     wait_until("the broken file refused", PATIENCE, || async {

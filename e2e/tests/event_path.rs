@@ -71,6 +71,11 @@ async fn the_documented_webhook_lands_as_a_created_auto_payment() {
     assert_eq!(api["status"], "Created");
     assert_eq!(api["captureMode"], "Auto");
     assert_eq!(api["events"].as_array().unwrap().len(), 1);
+    // Dojo's createdAt as Dojo wrote it: all 7 fractional digits.
+    assert_eq!(
+        api["events"][0]["createdAt"],
+        "2022-02-01T13:07:41.8667859Z"
+    );
 
     processor.running.stop().await;
     ingress.stop().await;

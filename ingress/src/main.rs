@@ -146,7 +146,7 @@ async fn register(channel: Channel) {
         let outcome = match registration {
             Err(e) => Err(e.clone()),
             Ok(r) if dry_run => Ok(r.describe()),
-            Ok(r) => r.send(&http).await.map_err(|e| e.to_string()),
+            Ok(r) => r.send(&http).await.map_err(|e| common::error_chain(&e)),
         };
         match outcome {
             Ok(text) => println!("{label}{text}"),
@@ -167,12 +167,13 @@ async fn register(channel: Channel) {
 async fn serve() {
     let telemetry = common::telemetry::init("ingress").unwrap_or_else(|e| fail(2, e));
     let settings = Settings::from_env().unwrap_or_else(|e| fail(2, e));
-    let app = Application::build(settings).unwrap_or_else(|e| fail(1, format!("{e:#}")));
+    let app =
+        Application::build(settings).unwrap_or_else(|e| fail(1, common::error_chain(e.as_ref())));
     tracing::info!(addr = %app.local_addr(), "ingress listening");
     let result = app.run_until_stopped(common::shutdown_signal()).await;
     // Spans still buffered are exported before exit (bounded).
     telemetry.shutdown();
     if let Err(e) = result {
-        fail(1, format!("{e:#}"));
+        fail(1, common::error_chain(e.as_ref()));
     }
 }

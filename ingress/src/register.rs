@@ -42,8 +42,14 @@ pub struct Registration {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
-    #[error("cannot reach Dojo at {url}: {source}")]
-    Unreachable { url: String, source: reqwest::Error },
+    /// Its cause (refused connection, DNS, TLS, timeout) is in the source chain:
+    /// print it with `common::error_chain`.
+    #[error("cannot reach Dojo at {url}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("Dojo refused the registration ({status}){problem}")]
     Refused {
         status: reqwest::StatusCode,

@@ -143,7 +143,11 @@ async fn dry_run_prints_the_request_and_sends_nothing() {
 
     let unreachable = ingress("http://127.0.0.1:1", &["register", "ws"]).await;
     assert_eq!(unreachable.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach Dojo"));
+    let err = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(err.contains("cannot reach Dojo"), "{err}");
+    // The cause is shown (not only "error sending request"), and only once.
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+    assert_eq!(err.matches("error sending request").count(), 1, "{err}");
     api.stop().await;
 }
 

@@ -100,7 +100,7 @@ async fn dead_letters(action: Dlq) {
         Dlq::List { json } => {
             let letters = dlq::list(&amqp_url)
                 .await
-                .unwrap_or_else(|e| fail(1, format!("{e:#}")));
+                .unwrap_or_else(|e| fail(1, common::error_chain(e.as_ref())));
             if json {
                 let doc = serde_json::json!({"count": letters.len(), "messages": letters});
                 println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
@@ -131,7 +131,7 @@ async fn dead_letters(action: Dlq) {
             let selection = event_id.map(Selection::EventId).unwrap_or(Selection::All);
             let n = dlq::replay(&amqp_url, &selection)
                 .await
-                .unwrap_or_else(|e| fail(1, format!("{e:#}")));
+                .unwrap_or_else(|e| fail(1, common::error_chain(e.as_ref())));
             println!(
                 "replayed {n} dead letter(s) to {}",
                 common::topology::EXCHANGE
@@ -158,7 +158,7 @@ async fn reconcile(only: Option<String>, since: std::time::Duration) {
     };
     let worker = processor::Worker::connect(settings)
         .await
-        .unwrap_or_else(|e| fail(1, format!("{e:#}")));
+        .unwrap_or_else(|e| fail(1, common::error_chain(e.as_ref())));
     let until = chrono::Utc::now();
     let from = until - chrono::Duration::from_std(since).unwrap_or_else(|e| fail(2, e));
     let mut failed = false;
@@ -173,7 +173,11 @@ async fn reconcile(only: Option<String>, since: std::time::Duration) {
             ),
             Err(e) => {
                 failed = true;
-                println!("{}: sweep failed: {e:#}", location.id);
+                println!(
+                    "{}: sweep failed: {}",
+                    location.id,
+                    common::error_chain(e.as_ref())
+                );
             }
         }
     }
@@ -188,12 +192,12 @@ async fn serve() {
     let settings = Settings::from_env().unwrap_or_else(|e| fail(2, e));
     let app = Application::build(settings)
         .await
-        .unwrap_or_else(|e| fail(1, format!("{e:#}")));
+        .unwrap_or_else(|e| fail(1, common::error_chain(e.as_ref())));
     tracing::info!(addr = %app.local_addr(), "processor listening");
     let result = app.run_until_stopped(common::shutdown_signal()).await;
     // Spans still buffered are exported before exit (bounded).
     telemetry.shutdown();
     if let Err(e) = result {
-        fail(1, format!("{e:#}"));
+        fail(1, common::error_chain(e.as_ref()));
     }
 }

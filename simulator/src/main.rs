@@ -75,8 +75,9 @@ struct RunArgs {
         default_value = "change-me"
     )]
     rest_password: String,
-    /// Seconds to wait for ingress's WebSocket(s) with --ws-listen.
-    #[arg(long, default_value_t = 30)]
+    /// Seconds to wait for ingress's WebSocket(s) with --ws-listen (ingress retries with
+    /// a backoff of up to 30 s, so the default outlasts one full pause).
+    #[arg(long, default_value_t = 45)]
     ws_wait: u64,
     /// Channels to use (default: every one configured above).
     #[arg(long, value_delimiter = ',')]
