@@ -5,7 +5,7 @@
 use crate::ws::sockets::SocketsStatus;
 use serde::Serialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -36,6 +36,37 @@ pub struct IngressApi;
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({}))]
 pub struct Accepted {}
+
+/// The answers of every event route (the same rules on each, CONTRACT.md).
+#[derive(IntoResponses)]
+#[allow(dead_code)] // describes answers built in crate::error and crate::routes
+pub enum DeliveryAnswers {
+    /// Durably queued: RabbitMQ confirmed the persistent message.
+    #[response(status = 200)]
+    Accepted(Accepted),
+    /// Not a valid event (missing or mistyped field, NUL in an id, `createdAt` out of range).
+    #[response(status = 400)]
+    Invalid(common::EposError),
+    /// Missing or wrong credentials or signature, or an `accountId` that is not the
+    /// location's (REST routes add a Basic `WWW-Authenticate` challenge).
+    #[response(status = 401)]
+    Unauthorized(common::EposError),
+    /// No such location, or the route is not configured (no credentials or secrets).
+    #[response(status = 404)]
+    NotFound(common::EposError),
+    /// The body did not arrive within 10 s.
+    #[response(status = 408)]
+    Timeout(common::EposError),
+    /// Body over 64 KiB.
+    #[response(status = 413)]
+    TooLarge(common::EposError),
+    /// A content type other than JSON.
+    #[response(status = 415)]
+    NotJson(common::EposError),
+    /// Not confirmed by the broker in time: nothing was acknowledged, retry.
+    #[response(status = 503, headers(("Retry-After" = String, description = "Seconds to wait")))]
+    Unavailable(common::EposError),
+}
 
 /// `/healthz`.
 #[derive(Serialize, ToSchema)]

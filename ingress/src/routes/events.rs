@@ -5,13 +5,13 @@
 use super::{accept_and_answer, check_content_type, deliver, path_location, read_body, Tenant};
 use crate::auth::{check_basic, identify_basic};
 use crate::error::ApiError;
-use crate::openapi::{Accepted, RequestorHeaderParams};
+use crate::openapi::{DeliveryAnswers, RequestorHeaderParams};
 use crate::State;
 use actix_web::{web, HttpRequest, HttpResponse};
 use common::locations::Location;
 use common::telemetry::Ids;
+use common::DojoEvent;
 use common::{Channel, RequestorHeaders};
-use common::{DojoEvent, EposError};
 use std::sync::Arc;
 
 /// `POST /v1/events`: the location whose REST credentials were presented.
@@ -23,18 +23,7 @@ use std::sync::Arc;
     description = "Dojo's REST HandleEvent capability (dojo-api.md §2a). The REST username names the location; answered only after RabbitMQ confirmed the event.",
     request_body(content = DojoEvent, content_type = "application/json"),
     params(RequestorHeaderParams),
-    responses(
-        (status = 200, description = "Durably queued", body = Accepted),
-        (status = 400, description = "Not a valid event", body = EposError),
-        (status = 401, description = "Missing or wrong credentials, or the accountId is not the location's", body = EposError,
-            headers(("WWW-Authenticate" = String, description = "Basic challenge"))),
-        (status = 404, description = "No location has REST credentials", body = EposError),
-        (status = 408, description = "The body did not arrive within 10 s", body = EposError),
-        (status = 413, description = "Body over 64 KiB", body = EposError),
-        (status = 415, description = "Not JSON", body = EposError),
-        (status = 503, description = "Not confirmed by the broker: retry", body = EposError,
-            headers(("Retry-After" = String, description = "Seconds to wait"))),
-    ),
+    responses(DeliveryAnswers),
     security(("basic" = []))
 )]
 pub async fn handle(
@@ -79,18 +68,7 @@ async fn root_inner(
         ("location" = String, Path, description = "A location id of the locations file"),
         RequestorHeaderParams
     ),
-    responses(
-        (status = 200, description = "Durably queued", body = Accepted),
-        (status = 400, description = "Not a valid event", body = EposError),
-        (status = 401, description = "Missing or wrong credentials, or the accountId is not the location's", body = EposError,
-            headers(("WWW-Authenticate" = String, description = "Basic challenge"))),
-        (status = 404, description = "No such location, or it has no REST credentials", body = EposError),
-        (status = 408, description = "The body did not arrive within 10 s", body = EposError),
-        (status = 413, description = "Body over 64 KiB", body = EposError),
-        (status = 415, description = "Not JSON", body = EposError),
-        (status = 503, description = "Not confirmed by the broker: retry", body = EposError,
-            headers(("Retry-After" = String, description = "Seconds to wait"))),
-    ),
+    responses(DeliveryAnswers),
     security(("basic" = []))
 )]
 pub async fn handle_at(

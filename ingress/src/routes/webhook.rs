@@ -5,13 +5,13 @@
 
 use super::{accept_and_answer, check_content_type, deliver, path_location, read_body, Tenant};
 use crate::error::ApiError;
-use crate::openapi::Accepted;
+use crate::openapi::DeliveryAnswers;
 use crate::State;
 use actix_web::{web, HttpRequest, HttpResponse};
 use common::locations::Location;
 use common::telemetry::Ids;
+use common::DojoEvent;
 use common::{signature, Channel, RequestorHeaders};
-use common::{DojoEvent, EposError};
 use std::sync::Arc;
 
 fn signature_header(req: &HttpRequest) -> Result<String, ApiError> {
@@ -41,17 +41,7 @@ fn signed_by(location: &Location, body: &[u8], header: &str) -> bool {
     tag = "events",
     description = "Dojo webhooks (dojo-api.md §2b), verified by `dojo-signature` over the raw body; the location whose secret signed it is the delivery's.",
     request_body(content = DojoEvent, content_type = "application/json"),
-    responses(
-        (status = 200, description = "Durably queued", body = Accepted),
-        (status = 400, description = "Not a valid event", body = EposError),
-        (status = 401, description = "Missing or wrong signature, or the accountId is not the location's", body = EposError),
-        (status = 404, description = "No location has webhook secrets", body = EposError),
-        (status = 408, description = "The body did not arrive within 10 s", body = EposError),
-        (status = 413, description = "Body over 64 KiB", body = EposError),
-        (status = 415, description = "Not JSON", body = EposError),
-        (status = 503, description = "Not confirmed by the broker: retry", body = EposError,
-            headers(("Retry-After" = String, description = "Seconds to wait"))),
-    ),
+    responses(DeliveryAnswers),
     security(("dojoSignature" = []))
 )]
 pub async fn handle(
@@ -105,17 +95,7 @@ async fn root_inner(
     description = "Dojo webhooks for one location (docs/LOCATIONS.md): only its secrets, only its accountId.",
     request_body(content = DojoEvent, content_type = "application/json"),
     params(("location" = String, Path, description = "A location id of the locations file")),
-    responses(
-        (status = 200, description = "Durably queued", body = Accepted),
-        (status = 400, description = "Not a valid event", body = EposError),
-        (status = 401, description = "Missing or wrong signature, or the accountId is not the location's", body = EposError),
-        (status = 404, description = "No such location, or it has no webhook secrets", body = EposError),
-        (status = 408, description = "The body did not arrive within 10 s", body = EposError),
-        (status = 413, description = "Body over 64 KiB", body = EposError),
-        (status = 415, description = "Not JSON", body = EposError),
-        (status = 503, description = "Not confirmed by the broker: retry", body = EposError,
-            headers(("Retry-After" = String, description = "Seconds to wait"))),
-    ),
+    responses(DeliveryAnswers),
     security(("dojoSignature" = []))
 )]
 pub async fn handle_at(
