@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod isolation;
+pub mod openapi;
 pub mod private_broker;
 
 use std::future::Future;
