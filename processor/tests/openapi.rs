@@ -4,11 +4,6 @@
 
 use utoipa::OpenApi;
 
-const COMMITTED: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../docs/openapi/processor.json"
-);
-
 #[test]
 fn the_committed_description_is_the_generated_one() {
     let doc = e2e::openapi::check_committed(
