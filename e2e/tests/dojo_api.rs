@@ -128,9 +128,21 @@ async fn refused_keys_throttling_and_retry_after() {
         .collect();
     times.sort();
     let closest = times.windows(2).map(|w| w[1] - w[0]).min().unwrap();
-    println!("40 calls at DOJO_API_RATE=20: {took:?}, closest two {closest:?}");
+    // Arrival times at the fake Dojo jitter around the 50 ms the limiter spaces calls
+    // by (more on a loaded machine): the rate is judged over whole seconds.
+    let busiest = times
+        .iter()
+        .map(|t| {
+            times
+                .iter()
+                .filter(|u| **u >= *t && **u - *t < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    println!("40 calls at DOJO_API_RATE=20: {took:?}, at most {busiest} in one second, closest two {closest:?}");
     assert!(took >= Duration::from_millis(1900), "{took:?}");
-    assert!(closest >= Duration::from_millis(45), "{closest:?}");
+    assert!(busiest <= 21, "{busiest} calls in one second");
 
     // 429 with Retry-After: 1 s, then healthy: the call waits as asked and succeeds.
     api.set_fault(Fault::TooManyRequests {
