@@ -118,6 +118,10 @@ pub async fn apply(
         fresh.push(i);
     }
     insert_events(&mut tx, batch, &fresh, &outcomes).await?;
+    if !changed.is_empty() {
+        // The outbox's order (crate::feed): after the intents' locks, until commit.
+        crate::feed::lock(&mut tx).await?;
+    }
     write_intents(&mut tx, batch, &changes, &state, &changed).await?;
     if let Some(scheduling) = scheduling {
         schedule_fetches(&mut tx, batch, &changes, &state, &changed, scheduling).await?;
