@@ -5,9 +5,12 @@
 //!   their first write of `payment_intents` so updates become visible in `seq` order;
 //! - [`store`]: reading pages from a cursor, retention;
 //! - [`listener`]: one `LISTEN` connection per process waking the streams, plus a
-//!   fallback poll; pruning past the retention.
+//!   fallback poll; [`routes`]: the cursor API and the Server-Sent Events stream, with
+//!   per-location tokens.
 
 pub mod listener;
+pub mod routes;
+pub mod sse;
 pub mod store;
 
 use common::settings::{parsed, ConfigError, Source};
