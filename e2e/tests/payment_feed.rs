@@ -589,3 +589,106 @@ async fn a_slow_client_is_cut_off_with_a_hint_to_resume() {
     drop(stream);
     p.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tills_of_every_location_end_with_each_payment_final_status_and_nothing_else() {
+    use simulator::locations;
+    use simulator::run::{Options, Targets, Via};
+    use simulator::ws::DojoWs;
+    use std::collections::BTreeMap;
+
+    let services = Services::new().await.unwrap();
+    let sims = locations::generate(5, 12);
+    let path = std::env::temp_dir().join(format!("feed-sim-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&path, locations::to_toml(&sims, true)).unwrap();
+    let file = path.to_string_lossy().into_owned();
+    let ws = DojoWs::bind_keys(
+        "127.0.0.1:0",
+        Some(sims.iter().map(|l| l.api_key.clone()).collect()),
+    )
+    .await
+    .unwrap();
+    let ws_url = ws.url();
+    let ingress = ingress(
+        &services,
+        &[
+            ("DOJO_LOCATIONS_FILE", &file),
+            ("DOJO_WS_URL", &ws_url),
+            ("DOJO_SOFTWARE_HOUSE_ID", "shid-test"),
+        ],
+    );
+    let p = processor(
+        &services,
+        &[
+            ("DOJO_LOCATIONS_FILE", &file),
+            ("ENRICH_ENABLED", "false"),
+            ("SWEEP_INTERVAL", "0"),
+        ],
+    )
+    .await;
+    ws.wait_for_open(sims.len(), PATIENCE).await.unwrap();
+    ready(&ingress.url).await;
+
+    // One till per location (the simulator's till mode), subscribed before the first payment.
+    let tills = simulator::till::Tills::start(
+        &p.running.url,
+        &sims
+            .iter()
+            .map(|l| (l.id.clone(), l.feed_token.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let w = p.worker.clone();
+    wait_until("every till connected", PATIENCE, || async {
+        (w.metrics.feed_clients.get() == sims.len() as i64).then_some(())
+    })
+    .await;
+
+    let scenario = locations::lifecycles(&sims, 15, 0.3, 5);
+    let targets = Targets {
+        ws: Some(ws.clone()),
+        http: None,
+        locations: sims
+            .iter()
+            .map(|l| (l.account_id.clone(), l.target(Some(&ingress.url))))
+            .collect(),
+    };
+    let options = Options {
+        channels: vec![Via::Ws, Via::Webhook, Via::Rest],
+        rate: None,
+        concurrency: 16,
+        doubling: 0.2,
+        seed: 5,
+        timeout: Duration::from_secs(30),
+    };
+    let report = simulator::run::run(&scenario, &targets, &options).await;
+    assert_eq!(report.failed, 0, "{:?}", report.failures);
+    p.settled(report.sent).await;
+
+    let mut expected: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for e in &scenario.deliveries {
+        let location = sims.iter().find(|l| l.account_id == e.account_id).unwrap();
+        expected.entry(location.id.clone()).or_default().insert(
+            e.payment_intent_id.clone(),
+            scenario.expected[&e.payment_intent_id].clone(),
+        );
+    }
+    let reports = tills.finish(&expected, PATIENCE).await;
+    assert_eq!(reports.len(), sims.len());
+    for (location, r) in &reports {
+        println!(
+            "till {location}: {} updates, {}/{} final statuses, commit-to-till p50 {:.1} ms p99 {:.1} ms",
+            r.updates, r.final_reached, expected[location].len(), r.latency_p50_ms, r.latency_p99_ms
+        );
+        assert_eq!(expected[location].len(), 15);
+        assert!(
+            r.missing.is_empty(),
+            "{location} never heard of {:?}",
+            r.missing
+        );
+        assert_eq!(r.foreign, 0, "no update of another location");
+        assert!(r.in_order, "seq order, no duplicate");
+    }
+    ingress.stop().await;
+    p.running.stop().await;
+    let _ = std::fs::remove_file(&path);
+}

@@ -77,12 +77,15 @@ BEGIN
     END IF;
     INSERT INTO payment_updates (location_id, account_id, payment_intent_id, status,
                                  capture_mode, amount_value, amount_currency, total_value,
-                                 total_currency, refunded_amount, reference, order_id, cause)
+                                 total_currency, refunded_amount, reference, order_id, cause,
+                                 committed_at)
     VALUES (COALESCE((SELECT location_id FROM feed_locations WHERE account_id = NEW.account_id),
                      'default'),
             NEW.account_id, NEW.payment_intent_id, NEW.status, NEW.capture_mode,
             NEW.amount_value, NEW.amount_currency, NEW.total_value, NEW.total_currency,
-            NEW.refunded_amount, NEW.reference, NEW.order_id, why)
+            NEW.refunded_amount, NEW.reference, NEW.order_id, why,
+            -- The time of the write, at the end of the transaction (now() is its start).
+            clock_timestamp())
     RETURNING seq INTO next_seq;
     -- Only a pointer: listeners read the rows from the table.
     PERFORM pg_notify('payment_updates', next_seq::text);

@@ -116,7 +116,7 @@ pub async fn follow(
 }
 
 /// What one till saw.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct TillReport {
     pub updates: usize,
     /// Payments whose last update carried the expected final status.
@@ -184,6 +184,75 @@ pub fn report(
     r.latency_p50_ms = pct(0.50);
     r.latency_p99_ms = pct(0.99);
     r
+}
+
+/// One till per location, following the feed of the processor at `base_url`.
+pub struct Tills {
+    tills: Vec<(
+        String,
+        mpsc::UnboundedReceiver<Received>,
+        tokio::task::JoinHandle<()>,
+    )>,
+    stop: watch::Sender<bool>,
+    started: (Instant, chrono::DateTime<chrono::Utc>),
+}
+
+impl Tills {
+    /// Subscribes `(location, token)` each.
+    pub fn start(base_url: &str, tills: &[(String, String)]) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let url = format!(
+            "{}/v1/payment-updates/stream",
+            base_url.trim_end_matches('/')
+        );
+        let tills = tills
+            .iter()
+            .map(|(location, token)| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let task = tokio::spawn(follow(url.clone(), token.clone(), tx, stopped.clone()));
+                (location.clone(), rx, task)
+            })
+            .collect();
+        Self {
+            tills,
+            stop,
+            started: (Instant::now(), chrono::Utc::now()),
+        }
+    }
+
+    /// Waits up to `patience` for every till to hold the final status of each of its
+    /// payments (`expected`: location -> intent -> status), then reports per location.
+    pub async fn finish(
+        mut self,
+        expected: &BTreeMap<String, BTreeMap<String, String>>,
+        patience: Duration,
+    ) -> BTreeMap<String, TillReport> {
+        let deadline = Instant::now() + patience;
+        let mut got: Vec<Vec<Received>> = self.tills.iter().map(|_| Vec::new()).collect();
+        let empty = BTreeMap::new();
+        let reports = loop {
+            let mut done = true;
+            let mut reports = BTreeMap::new();
+            for ((location, rx, _), got) in self.tills.iter_mut().zip(&mut got) {
+                while let Ok(r) = rx.try_recv() {
+                    got.push(r);
+                }
+                let want = expected.get(location).unwrap_or(&empty);
+                let r = report(location, got, want, self.started);
+                done &= r.missing.is_empty();
+                reports.insert(location.clone(), r);
+            }
+            if done || Instant::now() >= deadline {
+                break reports;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let _ = self.stop.send(true);
+        for (_, _, task) in self.tills.drain(..) {
+            let _ = task.await;
+        }
+        reports
+    }
 }
 
 #[cfg(test)]
