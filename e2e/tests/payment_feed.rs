@@ -692,3 +692,68 @@ async fn tills_of_every_location_end_with_each_payment_final_status_and_nothing_
     p.running.stop().await;
     let _ = std::fs::remove_file(&path);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_the_pos_holds_does_not_stall_other_payments_behind_the_feed_lock() {
+    let services = Services::new().await.unwrap();
+    let locations = Locations::new();
+    let p = feed_processor(&services, &locations, "1000").await;
+    let pool = p.worker.pool.clone();
+    change(&pool, "acc_soho", "evt_0", "pi_held", "Created").await;
+
+    // The POS holds pi_held's row; a change of it waits (up to the lock timeout).
+    let mut pos = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM payment_intents WHERE payment_intent_id = 'pi_held' FOR UPDATE")
+        .execute(&mut *pos)
+        .await
+        .unwrap();
+    let held = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let mut e = Event::new(
+                "evt_1",
+                "payment_intent.status_updated",
+                "pi_held",
+                "Authorized",
+                Utc::now(),
+            );
+            e.account_id = "acc_soho".into();
+            let body = e.body();
+            let event = common::DojoEvent::from_json(body.as_bytes()).unwrap();
+            let incoming = Incoming {
+                event: &event,
+                channel: common::Channel::Webhook,
+                received_at: Utc::now(),
+                payload: &body,
+            };
+            apply(&pool, &[incoming], None).await
+        }
+    });
+    wait_until("the change of the held row waits for it", PATIENCE, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (waiting == 1).then_some(())
+    })
+    .await;
+    // Another payment's change commits at once, and is in the feed.
+    let at = Instant::now();
+    change(&pool, "acc_soho", "evt_2", "pi_free", "Created").await;
+    let took = at.elapsed();
+    assert!(
+        took < Duration::from_millis(1000),
+        "{took:?}: stalled behind the held row"
+    );
+    let causes: Vec<String> = all_pages(&p.running.url, API_TOKEN, "")
+        .await
+        .iter()
+        .map(|u| u["cause"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(causes, ["evt_0", "evt_2"]);
+    pos.rollback().await.unwrap();
+    let _ = held.await.unwrap();
+    p.running.stop().await;
+}

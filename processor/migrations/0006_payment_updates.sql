@@ -7,9 +7,10 @@
 -- of `seq` order and a reader past the higher one would skip the lower one for good.
 -- Every writer takes the transaction-level advisory lock FEED_LOCK (below, and
 -- explicitly in the processor just before its first write of `payment_intents`, after
--- its per-intent locks, so the lock order is always intents then feed: no deadlock) and
--- holds it to commit: rows become visible in `seq` order, and a reader can trust that
--- nothing below the highest `seq` it sees will still appear.
+-- its per-intent locks and the rows' locks, so the lock order is always intents, rows,
+-- feed: no deadlock, and a row a POS holds stalls only its own writer) and holds it to
+-- commit: rows become visible in `seq` order, and a reader can trust that nothing below
+-- the highest `seq` it sees will still appear.
 
 -- Which location an account belongs to (the processor's locations, upserted at start).
 CREATE TABLE IF NOT EXISTS feed_locations (

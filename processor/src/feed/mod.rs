@@ -29,6 +29,23 @@ pub async fn lock(tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Locks the existing rows of `intents` (`FOR UPDATE`), to be called before [`lock`]:
+/// whoever holds [`FEED_LOCK`] then never waits for a row, so a row held elsewhere (a
+/// POS transaction) stalls only its own writer, not every writer behind the feed lock.
+pub async fn lock_rows(
+    tx: &mut sqlx::PgConnection,
+    intents: &[impl AsRef<str>],
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<&str> = intents.iter().map(AsRef::as_ref).collect();
+    sqlx::query(
+        "SELECT 1 FROM payment_intents WHERE payment_intent_id = ANY($1) ORDER BY payment_intent_id FOR UPDATE",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// `FEED_*` settings.
 #[derive(Debug, Clone)]
 pub struct FeedSettings {
