@@ -757,3 +757,40 @@ async fn a_row_the_pos_holds_does_not_stall_other_payments_behind_the_feed_lock(
     let _ = held.await.unwrap();
     p.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_processor_ends_its_streams_with_a_hint_instead_of_waiting_for_them() {
+    let services = Services::new().await.unwrap();
+    let locations = Locations::new();
+    let p = feed_processor(&services, &locations, "1000").await;
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/payment-updates/stream", p.running.url))
+        .bearer_auth(TOKEN_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let w = p.worker.clone();
+    wait_until("the stream is served", PATIENCE, || async {
+        (w.metrics.feed_clients.get() == 1).then_some(())
+    })
+    .await;
+    let at = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), p.running.stop())
+        .await
+        .expect("stopped without waiting for the stream");
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.text())
+        .await
+        .expect("the stream ended")
+        .unwrap_or_default();
+    println!("stopped in {:?}", at.elapsed());
+    assert!(body.starts_with("retry: 2000\n\n"), "{body:?}");
+    assert!(
+        body.ends_with(": server shutting down, resume with Last-Event-ID\n\n"),
+        "{body:?}"
+    );
+}

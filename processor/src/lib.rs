@@ -170,6 +170,9 @@ impl Application {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight messages");
         stop.send_replace(true);
+        // Feed streams end now (their clients resume on another replica or after the
+        // restart): the HTTP server's graceful stop would otherwise wait for them.
+        self.worker.feed.close();
         consumer.await?;
         if let Some(enricher) = enricher {
             enricher.await?;

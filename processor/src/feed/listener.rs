@@ -21,12 +21,16 @@ pub const CHANNEL: &str = "payment_updates";
 /// on every reconnect too.
 pub struct Hub {
     latest: watch::Sender<i64>,
+    /// True once the process stops: streams end (clients resume elsewhere), so a
+    /// graceful shutdown does not wait for them.
+    closing: watch::Sender<bool>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
         Self {
             latest: watch::channel(0).0,
+            closing: watch::channel(false).0,
         }
     }
 }
@@ -34,6 +38,15 @@ impl Default for Hub {
 impl Hub {
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.latest.subscribe()
+    }
+
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Ends every stream of this process.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     fn wake(&self, seq: i64) {

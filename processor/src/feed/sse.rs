@@ -68,6 +68,7 @@ pub async fn serve(
     let mut poll = tokio::time::interval(settings.poll);
     let mut heartbeat = tokio::time::interval(settings.heartbeat);
     heartbeat.tick().await;
+    let mut closing = worker.feed.closing();
     let mut full = first.len() as i64 == PAGE;
     let mut result = push(&tx, Bytes::from(retry)).and_then(|_| send_all(&tx, &first, &mut cursor));
     while result.is_ok() {
@@ -80,6 +81,12 @@ pub async fn serve(
                     continue;
                 }
                 _ = tx.closed() => break,
+                _ = closing.wait_for(|c| *c) => {
+                    let _ = tx.try_send(Bytes::from_static(
+                        b": server shutting down, resume with Last-Event-ID\n\n",
+                    ));
+                    break;
+                }
             }
         }
         match store::page(&worker.pool, &filter, cursor, PAGE).await {
