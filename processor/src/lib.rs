@@ -165,6 +165,7 @@ impl Application {
             .then(|| tokio::spawn(sweep::run_periodic(self.worker.clone(), stopped.clone())));
         let listener = tokio::spawn(feed::listener::run(self.worker.clone(), stopped.clone()));
         let pruner = tokio::spawn(feed::listener::prune(self.worker.clone(), stopped.clone()));
+        let tail = tokio::spawn(feed::listener::tail(self.worker.clone(), stopped.clone()));
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
         shutdown.await;
@@ -182,6 +183,7 @@ impl Application {
         }
         listener.await?;
         pruner.await?;
+        tail.await?;
         handle.stop(true).await;
         server.await??;
         self.worker.pool.close().await;

@@ -19,8 +19,19 @@ pub const CHANNEL: &str = "payment_updates";
 
 /// The wake-ups streams wait on: the highest `seq` notified so far (0 at start), bumped
 /// on every reconnect too.
+/// Consecutive updates read once for the whole process: every update with
+/// `from < seq <= to`, in order.
+#[derive(Debug)]
+pub struct Batch {
+    pub from: i64,
+    pub to: i64,
+    pub updates: Vec<super::store::PaymentUpdate>,
+}
+
 pub struct Hub {
     latest: watch::Sender<i64>,
+    /// The tail of the outbox, read by one task ([`tail`]) and shared by every stream.
+    batches: tokio::sync::broadcast::Sender<Arc<Batch>>,
     /// True once the process stops: streams end (clients resume elsewhere), so a
     /// graceful shutdown does not wait for them.
     closing: watch::Sender<bool>,
@@ -30,6 +41,8 @@ impl Default for Hub {
     fn default() -> Self {
         Self {
             latest: watch::channel(0).0,
+            // Bounded: a stream that falls this far behind reads the table itself.
+            batches: tokio::sync::broadcast::channel(1024).0,
             closing: watch::channel(false).0,
         }
     }
@@ -38,6 +51,10 @@ impl Default for Hub {
 impl Hub {
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.latest.subscribe()
+    }
+
+    pub fn batches(&self) -> tokio::sync::broadcast::Receiver<Arc<Batch>> {
+        self.batches.subscribe()
     }
 
     pub fn closing(&self) -> watch::Receiver<bool> {
@@ -94,6 +111,60 @@ pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
                 },
                 _ = stop.changed() => return,
             }
+        }
+    }
+}
+
+/// Reads the outbox's tail once per wake-up (a notification, or every `FEED_POLL_MS`:
+/// a lost notification only delays) and hands it to every stream: one query per
+/// wake-up for the process, however many clients.
+pub async fn tail(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
+    let hub = &worker.feed;
+    let pool = &worker.pool;
+    let mut wake = hub.subscribe();
+    let mut poll = tokio::time::interval(worker.settings.feed.poll);
+    let mut at = None;
+    loop {
+        tokio::select! {
+            _ = wake.changed() => {}
+            _ = poll.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = read_tail(hub, pool, &mut at).await {
+            tracing::warn!(error = %e, "reading the payment feed's tail failed; trying again");
+        }
+    }
+}
+
+async fn read_tail(
+    hub: &Hub,
+    pool: &sqlx::PgPool,
+    at: &mut Option<i64>,
+) -> Result<(), sqlx::Error> {
+    let from = match *at {
+        Some(from) => from,
+        None => *at.insert(super::store::head(pool).await?),
+    };
+    let mut from = from;
+    loop {
+        let page = super::store::page(pool, &Default::default(), Some(from), 1000).await?;
+        let updates = match page {
+            super::store::Page::Updates(u) => u,
+            // Pruned past the tail (a long outage): start again from the head.
+            super::store::Page::Gone { .. } => {
+                *at = None;
+                return Ok(());
+            }
+        };
+        let Some(to) = updates.last().map(|u| u.seq) else {
+            return Ok(());
+        };
+        let full = updates.len() == 1000;
+        let _ = hub.batches.send(Arc::new(Batch { from, to, updates }));
+        from = to;
+        *at = Some(to);
+        if !full {
+            return Ok(());
         }
     }
 }

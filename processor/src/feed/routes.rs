@@ -213,17 +213,26 @@ pub async fn stream(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
-    let after = last_event_id.or(q.after);
+    // Without a cursor: from the oldest kept, i.e. after what was pruned.
+    let after = match last_event_id.or(q.after) {
+        Some(after) => after,
+        None => match store::pruned_upto(&worker.pool).await {
+            Ok(upto) => upto,
+            Err(e) => return unavailable(&e).answer(),
+        },
+    };
+    // Subscribed to the shared tail before the first page is read: nothing committed
+    // in between is missed (and what both show is sent once, by position).
+    let batches = worker.feed.batches();
     // The first page answers the errors (410, 503) before the stream starts.
-    let first = match store::page(&worker.pool, &filter, after, 500).await {
+    let first = match store::page(&worker.pool, &filter, Some(after), super::sse::PAGE).await {
         Ok(Page::Updates(u)) => u,
         Ok(Page::Gone { pruned_upto }) => return Refusal::Gone(pruned_upto).answer(),
         Err(e) => return unavailable(&e).answer(),
     };
     let worker = worker.get_ref().clone();
     let (tx, rx) = mpsc::channel(worker.settings.feed.client_buffer);
-    let wakeups = worker.feed.subscribe();
-    tokio::spawn(super::sse::serve(worker, filter, after, first, tx, wakeups));
+    tokio::spawn(super::sse::serve(worker, filter, after, first, tx, batches));
     let body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx))
     });

@@ -1,16 +1,21 @@
-//! One stream client: its own cursor, read from the outbox on every wake-up (a
-//! notification, the fallback poll), written as Server-Sent Events into a bounded
-//! queue. A client that lets the queue fill is cut off with a last comment saying how
+//! One stream client. Its position `at` means "every update up to `at` was considered
+//! (sent if it matched the filter)". It catches up from the table (its own query) when
+//! it starts, when it missed part of the shared tail, or when the tail ran too far ahead;
+//! otherwise it takes the updates the process's one tail reader
+//! ([`super::listener::tail`]) hands out and filters them in memory. Events go into a
+//! bounded queue; a client that lets it fill is cut off with a last comment saying how
 //! to resume; nothing grows without bound.
 
+use super::listener::Batch;
 use super::store::{self, Filter, Page, PaymentUpdate};
 use crate::Worker;
 use actix_web::web::Bytes;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc};
 
 /// Most rows read per query.
-const PAGE: i64 = 500;
+pub const PAGE: i64 = 500;
 /// The comment sent before cutting a slow client off.
 pub const SLOW: &str = ": slow consumer, resume with Last-Event-ID\n\n";
 
@@ -40,76 +45,124 @@ fn push(tx: &mpsc::Sender<Bytes>, bytes: Bytes) -> Result<(), End> {
     tx.try_send(bytes).map_err(|_| End::Gone)
 }
 
-fn send_all(
+/// Reads the table from `at` until it has seen everything visible; sends what matches.
+async fn catch_up(
+    worker: &Worker,
+    filter: &Filter,
     tx: &mpsc::Sender<Bytes>,
-    updates: &[PaymentUpdate],
-    cursor: &mut Option<i64>,
+    at: &mut i64,
 ) -> Result<(), End> {
-    for u in updates {
-        push(tx, event(u))?;
-        *cursor = Some(u.seq);
+    loop {
+        let read = async {
+            // Everything up to `head` is visible before the page is read (updates become
+            // visible in seq order), so a short page means "seen through head".
+            let head = store::head(&worker.pool).await?;
+            Ok::<_, sqlx::Error>((
+                head,
+                store::page(&worker.pool, filter, Some(*at), PAGE).await?,
+            ))
+        };
+        match read.await {
+            Ok((head, Page::Updates(updates))) => {
+                let full = updates.len() as i64 == PAGE;
+                for u in &updates {
+                    push(tx, event(u))?;
+                    *at = u.seq;
+                }
+                if !full {
+                    *at = (*at).max(head);
+                    return Ok(());
+                }
+            }
+            Ok((_, Page::Gone { .. })) => {
+                let _ = tx.try_send(Bytes::from_static(
+                    b": cursor older than the retention, resync from the records\n\n",
+                ));
+                return Err(End::Gone);
+            }
+            Err(e) => {
+                // The next batch from the tail (or the next poll of it) tries again.
+                tracing::warn!(error = %e, "payment feed read failed; retrying");
+                return Ok(());
+            }
+        }
     }
-    Ok(())
 }
 
-/// Serves one client until it goes away, is too slow, or the database refuses for good.
+/// Takes what the shared tail read; `false`: part of it was missed, catch up.
+fn take(
+    filter: &Filter,
+    tx: &mpsc::Sender<Bytes>,
+    at: &mut i64,
+    batch: &Batch,
+) -> Result<bool, End> {
+    if batch.from > *at {
+        return Ok(false);
+    }
+    for u in batch.updates.iter().filter(|u| u.seq > *at) {
+        if filter.matches(u) {
+            push(tx, event(u))?;
+        }
+    }
+    *at = (*at).max(batch.to);
+    Ok(true)
+}
+
+/// Serves one client from position `at` (the first page already sent by the handler)
+/// until it goes away, is too slow, or the process stops.
 pub async fn serve(
     worker: Arc<Worker>,
     filter: Filter,
-    mut cursor: Option<i64>,
+    mut at: i64,
     first: Vec<PaymentUpdate>,
     tx: mpsc::Sender<Bytes>,
-    mut wakeups: watch::Receiver<i64>,
+    mut batches: broadcast::Receiver<Arc<Batch>>,
 ) {
     let settings = worker.settings.feed.clone();
     let metrics = &worker.metrics;
     metrics.feed_clients.inc();
-    let retry = format!("retry: {}\n\n", settings.retry.as_millis());
-    let mut poll = tokio::time::interval(settings.poll);
     let mut heartbeat = tokio::time::interval(settings.heartbeat);
     heartbeat.tick().await;
     let mut closing = worker.feed.closing();
-    let mut full = first.len() as i64 == PAGE;
-    let mut result = push(&tx, Bytes::from(retry)).and_then(|_| send_all(&tx, &first, &mut cursor));
+    if *closing.borrow_and_update() {
+        return metrics.feed_clients.dec();
+    }
+    let retry = Bytes::from(format!("retry: {}\n\n", settings.retry.as_millis()));
+    let mut result = push(&tx, retry);
+    for u in &first {
+        result = result.and_then(|_| push(&tx, event(u)));
+        at = u.seq;
+    }
+    if result.is_ok() {
+        result = catch_up(&worker, &filter, &tx, &mut at).await;
+    }
     while result.is_ok() {
-        if !full {
-            tokio::select! {
-                _ = wakeups.changed() => {}
-                _ = poll.tick() => {}
-                _ = heartbeat.tick() => {
-                    result = push(&tx, Bytes::from_static(b": heartbeat\n\n"));
-                    continue;
-                }
-                _ = tx.closed() => break,
-                _ = closing.wait_for(|c| *c) => {
-                    let _ = tx.try_send(Bytes::from_static(
-                        b": server shutting down, resume with Last-Event-ID\n\n",
-                    ));
-                    break;
-                }
+        tokio::select! {
+            got = batches.recv() => {
+                result = match got {
+                    Ok(batch) => match take(&filter, &tx, &mut at, &batch) {
+                        Ok(true) => Ok(()),
+                        Ok(false) => catch_up(&worker, &filter, &tx, &mut at).await,
+                        Err(end) => Err(end),
+                    },
+                    Err(RecvError::Lagged(_)) => catch_up(&worker, &filter, &tx, &mut at).await,
+                    Err(RecvError::Closed) => break,
+                };
             }
-        }
-        match store::page(&worker.pool, &filter, cursor, PAGE).await {
-            Ok(Page::Updates(updates)) => {
-                full = updates.len() as i64 == PAGE;
-                result = send_all(&tx, &updates, &mut cursor);
-            }
-            Ok(Page::Gone { .. }) => {
+            _ = heartbeat.tick() => result = push(&tx, Bytes::from_static(b": heartbeat\n\n")),
+            _ = tx.closed() => break,
+            // Only ever set to true (crate::feed::listener::Hub::close).
+            _ = closing.changed() => {
                 let _ = tx.try_send(Bytes::from_static(
-                    b": cursor older than the retention, resync from the records\n\n",
+                    b": server shutting down, resume with Last-Event-ID\n\n",
                 ));
-                result = Err(End::Gone);
-            }
-            // A database hiccup: the next wake-up or poll tries again.
-            Err(e) => {
-                tracing::warn!(error = %e, "payment feed read failed; retrying on the next poll");
-                full = false;
+                break;
             }
         }
     }
     if let Err(End::Slow) = result {
         metrics.feed_cutoffs.inc();
-        tracing::info!(cursor, "payment feed client too slow; cut off");
+        tracing::info!(at, "payment feed client too slow; cut off");
     }
     metrics.feed_clients.dec();
 }

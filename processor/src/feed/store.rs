@@ -120,6 +120,31 @@ pub async fn page(
         .map(Page::Updates)
 }
 
+impl Filter {
+    pub fn matches(&self, u: &PaymentUpdate) -> bool {
+        self.location.as_ref().is_none_or(|l| *l == u.location)
+            && self
+                .payment_intent_id
+                .as_ref()
+                .is_none_or(|p| *p == u.payment_intent_id)
+            && self
+                .order_id
+                .as_ref()
+                .is_none_or(|o| u.order_id.as_ref() == Some(o))
+    }
+}
+
+/// The highest `seq` visible now (or pruned): every update up to it is visible too,
+/// since updates become visible in `seq` order (migration 0006).
+pub async fn head(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT GREATEST((SELECT COALESCE(max(seq), 0) FROM payment_updates),
+                         (SELECT upto FROM payment_updates_pruned))",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// The highest `seq` retention has pruned (0: none).
 pub async fn pruned_upto(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT upto FROM payment_updates_pruned")
