@@ -11,6 +11,7 @@
 //! ```
 
 mod baseline;
+mod feed;
 mod load;
 mod procs;
 mod sockets;
@@ -63,6 +64,18 @@ enum Command {
     Sockets {
         #[arg(long, default_value_t = 1000)]
         count: usize,
+    },
+    /// The payment feed: SSE clients (tills) over locations while events flow end to
+    /// end; commit-to-client latency, missed updates, processor memory.
+    Feed {
+        #[arg(long, default_value_t = 500)]
+        clients: usize,
+        #[arg(long, default_value_t = 50)]
+        locations: usize,
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
     },
     /// End to end at a sustained rate: ack-to-commit lag, nothing lost or doubled.
     E2e {
@@ -319,6 +332,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::E2e { rate, seconds } => {
             end_to_end(rate, seconds).await?;
+        }
+        Command::Feed {
+            clients,
+            locations,
+            rate,
+            seconds,
+        } => {
+            feed::run(clients, locations, rate, seconds).await?;
         }
         Command::Sockets { count } => {
             sockets::idle(count).await?;

@@ -71,8 +71,14 @@ pub fn ingress_with(services: &Services, extra: &[(&str, &str)]) -> anyhow::Resu
 }
 
 pub fn processor(services: &Services) -> anyhow::Result<Proc> {
+    processor_with(services, &[])
+}
+
+/// The processor with more (or overriding) environment variables.
+pub fn processor_with(services: &Services, extra: &[(&str, &str)]) -> anyhow::Result<Proc> {
     let port = free_port()?;
     let child = Command::new(bin("processor")?)
+        .envs(extra.iter().copied())
         .env("PROCESSOR_ADDR", format!("127.0.0.1:{port}"))
         .env("AMQP_URL", services.vhost.amqp_url())
         .env("DATABASE_URL", services.db.url())

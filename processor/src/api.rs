@@ -12,7 +12,7 @@ use std::sync::Arc;
 use utoipa::{OpenApi, ToSchema};
 
 /// Equality in constant time that hides the length too: compares SHA-256 digests.
-fn constant_time_eq(a: &str, b: &str) -> bool {
+pub(crate) fn constant_time_eq(a: &str, b: &str) -> bool {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
     let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
@@ -24,11 +24,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/openapi.json", web::get().to(openapi))
-        .route("/v1/payment-intents/{id}", web::get().to(payment_intent));
+        .route("/v1/payment-intents/{id}", web::get().to(payment_intent))
+        .route(
+            "/v1/payment-updates",
+            web::get().to(crate::feed::routes::updates),
+        )
+        .route(
+            "/v1/payment-updates/stream",
+            web::get().to(crate::feed::routes::stream),
+        );
 }
 
 /// A JSON answer ending with a newline.
-fn json_line(mut builder: HttpResponseBuilder, value: &impl Serialize) -> HttpResponse {
+pub(crate) fn json_line(mut builder: HttpResponseBuilder, value: &impl Serialize) -> HttpResponse {
     builder
         .content_type("application/json")
         .body(common::json_line(value))
@@ -107,7 +115,11 @@ async fn readyz(worker: web::Data<Arc<Worker>>) -> HttpResponse {
     }
 }
 
-fn error(status: actix_web::http::StatusCode, kind: ErrorType, message: &str) -> HttpResponse {
+pub(crate) fn error(
+    status: actix_web::http::StatusCode,
+    kind: ErrorType,
+    message: &str,
+) -> HttpResponse {
     let trace_id = common::telemetry::new_trace_id();
     tracing::warn!(
         trace_id,
@@ -188,7 +200,7 @@ pub struct PaymentIntentView {
     responses(
         (status = 200, description = "The record", body = PaymentIntentView),
         (status = 401, description = "Missing or wrong bearer token", body = EposError),
-        (status = 404, description = "Unknown payment intent, or the read API is not configured", body = EposError),
+        (status = 404, description = "Unknown payment intent, another location's (a location's feed token), or the read API is not configured", body = EposError),
         (status = 503, description = "The database is unavailable", body = EposError),
     ),
     security(("bearer" = []))
@@ -199,29 +211,16 @@ async fn payment_intent(
     worker: web::Data<Arc<Worker>>,
 ) -> HttpResponse {
     use actix_web::http::StatusCode;
-    let Some(token) = worker.settings.api_token.as_ref() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            ErrorType::NotFound,
-            "read API not configured",
-        );
+    let scope = match crate::feed::routes::authorize(&req, &worker) {
+        Ok(scope) => scope,
+        Err(refusal) => return refusal.answer(),
     };
-    let presented = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(presented.trim(), token.expose()) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            ErrorType::InvalidRequest,
-            "invalid bearer token",
-        );
-    }
     match load(&worker.pool, &id).await {
-        Ok(Some(body)) => json_line(HttpResponse::Ok(), &body),
-        Ok(None) => error(
+        // Another location's record is answered as unknown: never its data.
+        Ok(Some(body)) if scope.sees_account(&worker, &body.account_id) => {
+            json_line(HttpResponse::Ok(), &body)
+        }
+        Ok(_) => error(
             StatusCode::NOT_FOUND,
             ErrorType::NotFound,
             "unknown payment intent",
@@ -316,11 +315,12 @@ fn money(row: &sqlx::postgres::PgRow, prefix: &str) -> Result<Option<Money>, sql
         title = "Dojo Events receiver: processor",
         description = "Health, metrics and the payment records' read API of the processor. The operating contract: docs/CONTRACT.md."
     ),
-    paths(healthz, readyz, metrics, openapi, payment_intent),
-    components(schemas(PaymentIntentView, EventView, Money, EposError, Health, Readiness)),
+    paths(healthz, readyz, metrics, openapi, payment_intent, crate::feed::routes::updates, crate::feed::routes::stream),
+    components(schemas(PaymentIntentView, EventView, Money, EposError, Health, Readiness, crate::feed::store::PaymentUpdate, crate::feed::store::FeedMoney, crate::feed::routes::UpdatesPage)),
     modifiers(&Bearer),
     tags(
         (name = "records", description = "The POS payment records"),
+        (name = "feed", description = "The payment feed: changes of the records, in order (docs/FEED.md)"),
         (name = "operations", description = "Health, readiness, metrics, this description"),
     )
 )]
@@ -338,7 +338,7 @@ impl utoipa::Modify for Bearer {
                 SecurityScheme::Http(
                     HttpBuilder::new()
                         .scheme(HttpAuthScheme::Bearer)
-                        .description(Some("PROCESSOR_API_TOKEN"))
+                        .description(Some("PROCESSOR_API_TOKEN (every location) or a location's feed token (that location only)"))
                         .build(),
                 ),
             );

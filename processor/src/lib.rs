@@ -12,7 +12,8 @@
 //! - [`enrich`]: payment details fetched from Dojo's API through the outbox written by
 //!   [`apply`], off the acknowledgement path; [`snapshot`]: storing them;
 //!   [`reconcile`]: making the records agree with Dojo's snapshots; [`sweep`]: finding
-//!   what was never delivered (search over a window, overdue intents).
+//!   what was never delivered (search over a window, overdue intents);
+//! - [`feed`]: the payment feed of the tills (outbox, cursor API, Server-Sent Events).
 
 pub mod api;
 pub mod apply;
@@ -22,6 +23,7 @@ pub mod db;
 pub mod dedupe;
 pub mod dlq;
 pub mod enrich;
+pub mod feed;
 pub mod handle;
 pub mod metrics;
 pub mod payload;
@@ -56,6 +58,8 @@ pub struct Worker {
     pub metrics: metrics::Metrics,
     /// Dojo's API (payment details, sweeps), throttled per location key.
     pub dojo: common::dojo_api::DojoApi,
+    /// Wake-ups of the payment feed's streams (crate::feed::listener).
+    pub feed: feed::listener::Hub,
 }
 
 impl Worker {
@@ -78,6 +82,9 @@ impl Worker {
             settings.claim_lease,
             settings.done_ttl,
         );
+        feed::sync_locations(&pool, &settings.locations)
+            .await
+            .context("cannot record the locations of the payment feed")?;
         let metrics = metrics::Metrics::default();
         let dojo = common::dojo_api::DojoApi::new(settings.dojo_api.clone(), metrics.api.clone());
         Ok(Self {
@@ -88,6 +95,7 @@ impl Worker {
             settled: AtomicU64::new(0),
             metrics,
             dojo,
+            feed: feed::listener::Hub::default(),
         })
     }
 
@@ -155,11 +163,17 @@ impl Application {
             .sweep
             .periodic()
             .then(|| tokio::spawn(sweep::run_periodic(self.worker.clone(), stopped.clone())));
+        let listener = tokio::spawn(feed::listener::run(self.worker.clone(), stopped.clone()));
+        let pruner = tokio::spawn(feed::listener::prune(self.worker.clone(), stopped.clone()));
+        let tail = tokio::spawn(feed::listener::tail(self.worker.clone(), stopped.clone()));
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight messages");
         stop.send_replace(true);
+        // Feed streams end now (their clients resume on another replica or after the
+        // restart): the HTTP server's graceful stop would otherwise wait for them.
+        self.worker.feed.close();
         consumer.await?;
         if let Some(enricher) = enricher {
             enricher.await?;
@@ -167,6 +181,9 @@ impl Application {
         if let Some(sweeper) = sweeper {
             sweeper.await?;
         }
+        listener.await?;
+        pruner.await?;
+        tail.await?;
         handle.stop(true).await;
         server.await??;
         self.worker.pool.close().await;

@@ -40,6 +40,15 @@ pub struct Metrics {
     /// End of the window of the last completed sweep, per location (Unix seconds):
     /// `time() - this` is the sweep lag.
     pub sweep_last_success: IntGaugeVec,
+    /// Open payment-feed streams.
+    pub feed_clients: IntGauge,
+    /// Stream clients cut off for reading too slowly.
+    pub feed_cutoffs: IntCounter,
+    /// Reconnects of the feed's LISTEN connection.
+    pub feed_listener_reconnects: IntCounter,
+    /// The oldest `seq` kept in the outbox (0: empty), and its age in seconds.
+    pub feed_oldest_seq: IntGauge,
+    pub feed_oldest_age: IntGauge,
 }
 
 impl Default for Metrics {
@@ -128,6 +137,31 @@ impl Default for Metrics {
                 "dojo_processor_sweep_last_success_timestamp_seconds",
                 "End of the window of the location's last completed sweep",
                 &["location"],
+            ),
+            feed_clients: gauge(
+                &registry,
+                "dojo_processor_feed_clients",
+                "Open payment-feed streams (Server-Sent Events)",
+            ),
+            feed_cutoffs: counter(
+                &registry,
+                "dojo_processor_feed_slow_cutoffs_total",
+                "Payment-feed stream clients cut off for reading too slowly",
+            ),
+            feed_listener_reconnects: counter(
+                &registry,
+                "dojo_processor_feed_listener_reconnects_total",
+                "Reconnects of the payment feed's LISTEN connection",
+            ),
+            feed_oldest_seq: gauge(
+                &registry,
+                "dojo_processor_feed_oldest_seq",
+                "The oldest seq kept in the payment feed (0: empty)",
+            ),
+            feed_oldest_age: gauge(
+                &registry,
+                "dojo_processor_feed_oldest_age_seconds",
+                "Age of the oldest update kept in the payment feed",
             ),
             registry,
         }

@@ -46,6 +46,8 @@ pub struct Settings {
     pub enrich: crate::enrich::EnrichSettings,
     /// `SWEEP_*`: the periodic reconciliation sweeps (crate::sweep).
     pub sweep: crate::sweep::SweepSettings,
+    /// `FEED_*`: the payment feed (crate::feed).
+    pub feed: crate::feed::FeedSettings,
 }
 
 impl Settings {
@@ -107,6 +109,7 @@ impl Settings {
             dojo_api: common::dojo_api::ApiConfig::from_source(src)?,
             enrich: crate::enrich::EnrichSettings::from_source(src)?,
             sweep: crate::sweep::SweepSettings::from_source(src)?,
+            feed: crate::feed::FeedSettings::from_source(src)?,
         })
     }
 }

@@ -12,7 +12,8 @@
 //! - [`scenario`]: payment lifecycles with duplicates and disorder, and the final states
 //!   they must produce; [`truth`]: what Dojo's API says about each (money, order link);
 //! - [`run`]: drives a scenario over the channels at a rate and reports what was
-//!   acknowledged; [`verify`] checks the outcome against the processor's read API.
+//!   acknowledged; [`verify`] checks the outcome against the processor's read API;
+//! - [`till`]: a till following the payment feed, and whether every final status reached it.
 
 pub mod client;
 pub mod event;
@@ -21,6 +22,7 @@ pub mod locations;
 pub mod payment_intents;
 pub mod run;
 pub mod scenario;
+pub mod till;
 pub mod truth;
 pub mod verify;
 pub mod ws;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! dojo-simulator run --ingress http://127.0.0.1:8080 --ws-listen 127.0.0.1:9000 \
-//!     --intents 200 --verify-url http://127.0.0.1:8081
+//!     --intents 200 --verify-url http://127.0.0.1:8081 --tills http://127.0.0.1:8081
 //! dojo-simulator fake-api --listen 127.0.0.1:9100
 //! ```
 
@@ -127,6 +127,12 @@ struct RunArgs {
         default_value = "change-me"
     )]
     api_token: String,
+    /// Processor base URL: before sending, subscribe one till per location (with its
+    /// feed token; without --locations, one with --api-token) to the payment feed, and
+    /// report whether each payment's final status reached its till, in order, and how
+    /// late (commit to till, p50/p99).
+    #[arg(long)]
+    tills: Option<String>,
     /// Write the JSON report here as well.
     #[arg(long)]
     report: Option<std::path::PathBuf>,
@@ -266,6 +272,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             scenario.lost.len()
         );
     }
+    let tills = args.tills.as_deref().map(|url| {
+        let subscriptions: Vec<(String, String)> = if sims.is_empty() {
+            vec![("default".into(), args.api_token.clone())]
+        } else {
+            sims.iter()
+                .map(|l| (l.id.clone(), l.feed_token.clone()))
+                .collect()
+        };
+        simulator::till::Tills::start(url, &subscriptions)
+    });
     let options = Options {
         channels,
         rate: args.rate,
@@ -309,6 +325,41 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         ok &= v.mismatched.is_empty();
         json["verification"] = serde_json::to_value(&v)?;
+    }
+    if let Some(tills) = tills {
+        let location_of: std::collections::HashMap<&str, &str> = sims
+            .iter()
+            .map(|l| (l.account_id.as_str(), l.id.as_str()))
+            .collect();
+        let mut expected: std::collections::BTreeMap<_, std::collections::BTreeMap<_, _>> =
+            Default::default();
+        for e in &scenario.deliveries {
+            if let Some(status) = scenario.expected.get(&e.payment_intent_id) {
+                let location = location_of
+                    .get(e.account_id.as_str())
+                    .copied()
+                    .unwrap_or("default");
+                expected
+                    .entry(location.to_owned())
+                    .or_default()
+                    .insert(e.payment_intent_id.clone(), status.clone());
+            }
+        }
+        let reports = tills.finish(&expected, Duration::from_secs(60)).await;
+        for (location, r) in &reports {
+            println!(
+                "till {location}: {} updates, {}/{} final statuses, in order: {}, other locations' updates: {}, commit to till p50 {:.1} ms, p99 {:.1} ms",
+                r.updates,
+                r.final_reached,
+                r.final_reached + r.missing.len(),
+                r.in_order,
+                r.foreign,
+                r.latency_p50_ms,
+                r.latency_p99_ms
+            );
+            ok &= r.missing.is_empty() && r.in_order && r.foreign == 0;
+        }
+        json["tills"] = serde_json::to_value(&reports)?;
     }
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_string_pretty(&json)?)?;

@@ -1,0 +1,189 @@
+//! One `LISTEN payment_updates` connection per process (application_name
+//! `dojo-feed-listener`), fanning out wake-ups to every stream through a `watch` of the
+//! latest notified `seq`. A notification is only a hint: each stream reads the rows
+//! from its own cursor, and also polls every `FEED_POLL_MS`, so a notification lost
+//! (the connection dropped, a reconnect) delays an update, never loses it. Retention is
+//! pruned here too.
+
+use crate::Worker;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The `application_name` of the listening connection (find it in `pg_stat_activity`).
+pub const APPLICATION_NAME: &str = "dojo-feed-listener";
+/// The NOTIFY channel the outbox trigger signals on.
+pub const CHANNEL: &str = "payment_updates";
+
+/// The wake-ups streams wait on: the highest `seq` notified so far (0 at start), bumped
+/// on every reconnect too.
+/// Consecutive updates read once for the whole process: every update with
+/// `from < seq <= to`, in order.
+#[derive(Debug)]
+pub struct Batch {
+    pub from: i64,
+    pub to: i64,
+    pub updates: Vec<super::store::PaymentUpdate>,
+}
+
+pub struct Hub {
+    latest: watch::Sender<i64>,
+    /// The tail of the outbox, read by one task ([`tail`]) and shared by every stream.
+    batches: tokio::sync::broadcast::Sender<Arc<Batch>>,
+    /// True once the process stops: streams end (clients resume elsewhere), so a
+    /// graceful shutdown does not wait for them.
+    closing: watch::Sender<bool>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            latest: watch::channel(0).0,
+            // Bounded: a stream that falls this far behind reads the table itself.
+            batches: tokio::sync::broadcast::channel(1024).0,
+            closing: watch::channel(false).0,
+        }
+    }
+}
+
+impl Hub {
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.latest.subscribe()
+    }
+
+    pub fn batches(&self) -> tokio::sync::broadcast::Receiver<Arc<Batch>> {
+        self.batches.subscribe()
+    }
+
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Ends every stream of this process.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    fn wake(&self, seq: i64) {
+        // `send_modify` wakes every receiver even when the value stays the same.
+        self.latest.send_modify(|l| *l = (*l).max(seq));
+    }
+}
+
+async fn listen(url: &str) -> Result<PgListener, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.application_name(APPLICATION_NAME);
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Listens until `stop`; reconnects after any failure (streams keep polling meanwhile).
+pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
+    let hub = &worker.feed;
+    loop {
+        let mut listener = match listen(&worker.settings.database_url).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "feed listener cannot connect; streams poll meanwhile");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.changed() => return,
+                }
+            }
+        };
+        // Whatever was notified while not listening is read now.
+        hub.wake(0);
+        loop {
+            tokio::select! {
+                got = listener.try_recv() => match got {
+                    Ok(Some(n)) => hub.wake(n.payload().parse().unwrap_or(0)),
+                    Ok(None) | Err(_) => {
+                        tracing::warn!("feed listener connection lost; reconnecting");
+                        worker.metrics.feed_listener_reconnects.inc();
+                        break;
+                    }
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// Reads the outbox's tail once per wake-up (a notification, or every `FEED_POLL_MS`:
+/// a lost notification only delays) and hands it to every stream: one query per
+/// wake-up for the process, however many clients.
+pub async fn tail(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
+    let hub = &worker.feed;
+    let pool = &worker.pool;
+    let mut wake = hub.subscribe();
+    let mut poll = tokio::time::interval(worker.settings.feed.poll);
+    let mut at = None;
+    loop {
+        tokio::select! {
+            _ = wake.changed() => {}
+            _ = poll.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = read_tail(hub, pool, &mut at).await {
+            tracing::warn!(error = %e, "reading the payment feed's tail failed; trying again");
+        }
+    }
+}
+
+async fn read_tail(
+    hub: &Hub,
+    pool: &sqlx::PgPool,
+    at: &mut Option<i64>,
+) -> Result<(), sqlx::Error> {
+    let from = match *at {
+        Some(from) => from,
+        None => *at.insert(super::store::head(pool).await?),
+    };
+    let mut from = from;
+    loop {
+        let page = super::store::page(pool, &Default::default(), Some(from), 1000).await?;
+        let updates = match page {
+            super::store::Page::Updates(u) => u,
+            // Pruned past the tail (a long outage): start again from the head.
+            super::store::Page::Gone { .. } => {
+                *at = None;
+                return Ok(());
+            }
+        };
+        let Some(to) = updates.last().map(|u| u.seq) else {
+            return Ok(());
+        };
+        let full = updates.len() == 1000;
+        let _ = hub.batches.send(Arc::new(Batch { from, to, updates }));
+        from = to;
+        *at = Some(to);
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// Prunes the outbox past `FEED_RETENTION` once a minute and sets the oldest-kept gauges.
+pub async fn prune(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_secs(60).min(worker.settings.feed.retention);
+    loop {
+        match super::store::prune(&worker.pool, worker.settings.feed.retention).await {
+            Ok(oldest) => {
+                let (seq, age) = oldest.unwrap_or((0, 0.0));
+                worker.metrics.feed_oldest_seq.set(seq);
+                worker.metrics.feed_oldest_age.set(age as i64);
+            }
+            Err(e) => tracing::warn!(error = %e, "pruning the payment feed failed; trying again"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The payment feed (docs/FEED.md): what tills hear about payments.
+//!
+//! - the outbox `payment_updates` is written by a trigger on `payment_intents`
+//!   (migration 0006), in the transaction of every change; writers take [`lock`] before
+//!   their first write of `payment_intents` so updates become visible in `seq` order;
+//! - [`store`]: reading pages from a cursor, retention;
+//! - [`listener`]: one `LISTEN` connection per process waking the streams, plus a
+//!   fallback poll; [`routes`]: the cursor API and the Server-Sent Events stream, with
+//!   per-location tokens.
+
+pub mod listener;
+pub mod routes;
+pub mod sse;
+pub mod store;
+
+use common::settings::{parsed, ConfigError, Source};
+use std::time::Duration;
+
+/// The transaction-level advisory lock that orders the outbox (migration 0006). Taken
+/// after any per-intent locks (lock order: intents, then feed), held until commit.
+pub const FEED_LOCK: i64 = 7_310_577_158_493_101_312;
+
+/// Takes [`FEED_LOCK`] for the rest of the transaction.
+pub async fn lock(tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(FEED_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Locks the existing rows of `intents` (`FOR UPDATE`), to be called before [`lock`]:
+/// whoever holds [`FEED_LOCK`] then never waits for a row, so a row held elsewhere (a
+/// POS transaction) stalls only its own writer, not every writer behind the feed lock.
+pub async fn lock_rows(
+    tx: &mut sqlx::PgConnection,
+    intents: &[impl AsRef<str>],
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<&str> = intents.iter().map(AsRef::as_ref).collect();
+    sqlx::query(
+        "SELECT 1 FROM payment_intents WHERE payment_intent_id = ANY($1) ORDER BY payment_intent_id FOR UPDATE",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// `FEED_*` settings.
+#[derive(Debug, Clone)]
+pub struct FeedSettings {
+    /// `FEED_RETENTION` (default `7d`): updates older than this are pruned.
+    pub retention: Duration,
+    /// `FEED_POLL_MS` (default 1000): the fallback poll of every stream, so a lost
+    /// notification delays an update by at most this long.
+    pub poll: Duration,
+    /// `FEED_HEARTBEAT_SECS` (default 15): comment lines that keep proxies from closing
+    /// an idle stream.
+    pub heartbeat: Duration,
+    /// `FEED_CLIENT_BUFFER` (default 1024): messages queued for one stream client; a
+    /// client that lets it fill is cut off (it resumes with `Last-Event-ID`).
+    pub client_buffer: usize,
+    /// `FEED_RETRY_MS` (default 2000): the `retry:` sent to stream clients.
+    pub retry: Duration,
+}
+
+impl FeedSettings {
+    pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
+        let text = common::settings::or_default(src, "FEED_RETENTION", "7d");
+        let retention = crate::retry::parse_delay(&text)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "FEED_RETENTION {text:?}: a duration like 12h or 7d"
+                ))
+            })?;
+        let poll = parsed(src, "FEED_POLL_MS", 1000u64)?;
+        let heartbeat = parsed(src, "FEED_HEARTBEAT_SECS", 15u64)?;
+        let client_buffer = parsed(src, "FEED_CLIENT_BUFFER", 1024usize)?;
+        if poll == 0 || heartbeat == 0 || client_buffer < 2 {
+            return Err(ConfigError(
+                "FEED_POLL_MS and FEED_HEARTBEAT_SECS must be at least 1, FEED_CLIENT_BUFFER at least 2".into(),
+            ));
+        }
+        Ok(Self {
+            retention,
+            poll: Duration::from_millis(poll),
+            heartbeat: Duration::from_secs(heartbeat),
+            client_buffer,
+            retry: Duration::from_millis(parsed(src, "FEED_RETRY_MS", 2000u64)?),
+        })
+    }
+}
+
+/// Records which location each account belongs to, for the trigger (idempotent; run at
+/// start). The implicit `default` location has no account: unknown accounts are
+/// `default`.
+pub async fn sync_locations(
+    pool: &sqlx::PgPool,
+    locations: &common::locations::Locations,
+) -> Result<(), sqlx::Error> {
+    let (accounts, ids): (Vec<&str>, Vec<&str>) = locations
+        .iter()
+        .filter_map(|l| Some((l.account_id.as_deref()?, l.id.as_str())))
+        .unzip();
+    sqlx::query(
+        "INSERT INTO feed_locations (account_id, location_id)
+         SELECT * FROM unnest($1::text[], $2::text[])
+         ON CONFLICT (account_id) DO UPDATE SET location_id = EXCLUDED.location_id",
+    )
+    .bind(&accounts)
+    .bind(&ids)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
