@@ -20,6 +20,20 @@ pub(crate) fn constant_time_eq(a: &str, b: &str) -> bool {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // A query string that does not parse (a number out of range, ...) is a 400 with an
+    // EPOSError like every other refusal, not actix's plain-text answer.
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| {
+        let message = format!("invalid query: {e}");
+        actix_web::error::InternalError::from_response(
+            e,
+            error(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                ErrorType::InvalidRequest,
+                &message,
+            ),
+        )
+        .into()
+    }));
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))

@@ -52,6 +52,9 @@ pub enum Refusal {
     Gone(i64),
     #[error("database unavailable")]
     Unavailable,
+    /// A filter no record can have (found by Schemathesis: NUL reached the database).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl Refusal {
@@ -62,6 +65,7 @@ impl Refusal {
             Refusal::OtherLocation => (StatusCode::FORBIDDEN, ErrorType::InvalidRequest),
             Refusal::Gone(_) => (StatusCode::GONE, ErrorType::NotFound),
             Refusal::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, ErrorType::UnexpectedError),
+            Refusal::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorType::InvalidRequest),
         };
         error(status, kind, &self.to_string())
     }
@@ -131,8 +135,23 @@ pub struct UpdatesPage {
     next: i64,
 }
 
-/// The filter a scope and a query allow; 403 for another location's.
+/// The filter a scope and a query allow; 403 for another location's, 400 for a filter
+/// that is no id (over 255 bytes, or a NUL, which PostgreSQL text cannot hold).
 fn filter(scope: &Scope, q: &FeedQuery) -> Result<Filter, Refusal> {
+    for (name, value) in [
+        ("location", &q.location),
+        ("paymentIntentId", &q.payment_intent_id),
+        ("orderId", &q.order_id),
+    ] {
+        if value
+            .as_deref()
+            .is_some_and(|v| v.len() > 255 || v.contains('\0'))
+        {
+            return Err(Refusal::Invalid(format!(
+                "`{name}` must be at most 255 bytes, without NUL"
+            )));
+        }
+    }
     let location = match (scope, &q.location) {
         (Scope::All, l) => l.clone(),
         (Scope::Location(own), Some(asked)) if asked != own => return Err(Refusal::OtherLocation),
@@ -153,6 +172,7 @@ fn filter(scope: &Scope, q: &FeedQuery) -> Result<Filter, Refusal> {
     params(FeedQuery),
     responses(
         (status = 200, description = "A page of updates", body = UpdatesPage),
+        (status = 400, description = "A malformed query parameter", body = EposError),
         (status = 401, description = "Missing or wrong bearer token", body = EposError),
         (status = 403, description = "Another location than the token's", body = EposError),
         (status = 404, description = "The read API is not configured", body = EposError),
@@ -192,6 +212,7 @@ pub async fn updates(
     ),
     responses(
         (status = 200, description = "The stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A malformed query parameter", body = EposError),
         (status = 401, description = "Missing or wrong bearer token", body = EposError),
         (status = 403, description = "Another location than the token's", body = EposError),
         (status = 410, description = "The cursor is older than the retention: resync from the records", body = EposError),
@@ -208,11 +229,18 @@ pub async fn stream(
         Ok(f) => f,
         Err(refusal) => return refusal.answer(),
     };
-    let last_event_id = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<i64>().ok());
+    // A `Last-Event-ID` that is no seq is refused, not ignored: resuming from somewhere
+    // else than the client thinks would repeat or skip updates.
+    let last_event_id = match req.headers().get("last-event-id") {
+        None => None,
+        Some(v) => match v.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()) {
+            Some(seq) => Some(seq),
+            None => {
+                return Refusal::Invalid("`Last-Event-ID` must be a `seq` (an integer)".into())
+                    .answer()
+            }
+        },
+    };
     // Without a cursor: from the oldest kept, i.e. after what was pruned.
     let after = match last_event_id.or(q.after) {
         Some(after) => after,
