@@ -215,6 +215,7 @@ pub async fn updates(
         (status = 400, description = "A malformed query parameter", body = EposError),
         (status = 401, description = "Missing or wrong bearer token", body = EposError),
         (status = 403, description = "Another location than the token's", body = EposError),
+        (status = 404, description = "The read API is not configured", body = EposError),
         (status = 410, description = "The cursor is older than the retention: resync from the records", body = EposError),
         (status = 503, description = "The database is unavailable", body = EposError),
     ),
