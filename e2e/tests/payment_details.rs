@@ -402,9 +402,11 @@ fn busiest_second(mut times: Vec<std::time::Instant>) -> (usize, Duration) {
         }
         most = most.max(end - start + 1);
     }
+    // The shortest span of five calls in a row: a single call delayed on its way
+    // (scheduling on two busy cores) shortens one gap, never a span of four.
     let closest = times
-        .windows(2)
-        .map(|w| w[1] - w[0])
+        .windows(5)
+        .map(|w| w[4] - w[0])
         .min()
         .unwrap_or(Duration::MAX);
     (most, closest)
@@ -481,7 +483,7 @@ async fn dojo_answering_429_then_500_holds_no_ack_loses_no_fetch_and_keeps_the_r
     let (most, closest) = busiest_second(calls.iter().map(|(t, _)| *t).collect());
     println!(
         "{} deliveries over {:.1}s, all acknowledged within 2 s; Dojo: 429 for {PHASE:?}, 500 for {PHASE:?}; {} calls \
-         ({} answered 429, {} answered 500, {} answered 200); at most {most} calls in one second, closest two {:?} \
+         ({} answered 429, {} answered 500, {} answered 200); at most {most} calls in one second, shortest span of five {:?} \
          (DOJO_API_RATE={RATE}); all {} intents' details stored {:.1}s after recovery",
         report.sent,
         report.seconds,
@@ -495,9 +497,10 @@ async fn dojo_answering_429_then_500_holds_no_ack_loses_no_fetch_and_keeps_the_r
     );
     assert!(by("429") > 0 && by("500") > 0);
     assert!(most <= RATE + 1, "{most} calls in one second");
-    // Spaced 1/RATE when sent (GCRA without burst); seen at the server with some jitter.
+    // Spaced 1/RATE when sent (GCRA without burst), so five calls span 4/RATE; seen at
+    // the server with some jitter.
     assert!(
-        closest >= Duration::from_millis(700 / RATE as u64),
+        closest >= Duration::from_millis(4 * 1000 / RATE as u64 - 150),
         "{closest:?}"
     );
     assert!(after_recovery < Duration::from_secs(60));
