@@ -221,6 +221,33 @@ async fn drain(count: usize) -> anyhow::Result<(f64, String, f64)> {
     }
     let elapsed = started.elapsed();
     let rate = count as f64 / elapsed.as_secs_f64();
+    // The payment feed (migration 0007, absent in older processors): how long after the
+    // last commit until the sequencer has numbered every update.
+    let has_feed: bool =
+        sqlx::query_scalar("SELECT to_regclass('payment_updates_pending') IS NOT NULL")
+            .fetch_one(&pool)
+            .await?;
+    let feed = if has_feed {
+        let last_commit = std::time::Instant::now();
+        loop {
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM payment_updates_pending")
+                .fetch_one(&pool)
+                .await?;
+            if pending == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let updates: i64 = sqlx::query_scalar("SELECT count(*) FROM payment_updates")
+            .fetch_one(&pool)
+            .await?;
+        format!(
+            "; feed: {updates} updates, all numbered {:.0} ms after the last event's commit",
+            last_commit.elapsed().as_secs_f64() * 1000.0
+        )
+    } else {
+        String::new()
+    };
     let page = processor.metrics().await;
     // Each channel commits one batch at a time: stage time over channels x wall time is
     // the share of the channels' time spent in that stage.
@@ -247,7 +274,7 @@ async fn drain(count: usize) -> anyhow::Result<(f64, String, f64)> {
         size_count,
         size_sum / size_count.max(1.0),
         breakdown.join(", ")
-    );
+    ) + &feed;
     println!("processor drain of {count} deliveries ({} distinct): {:.2} s, {rate:.0} events/s; {detail}; peak RSS {rss:.0} MiB", distinct.len(), elapsed.as_secs_f64());
     assert!(processor.stop(), "processor exits 0 on SIGTERM");
     Ok((rate, detail, rss))

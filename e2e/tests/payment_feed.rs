@@ -77,6 +77,19 @@ async fn change(pool: &sqlx::PgPool, account: &str, id: &str, pi: &str, status: 
     apply(pool, &[incoming], None).await.expect("applied");
 }
 
+/// Waits until the sequencer has numbered every update written so far (none pending):
+/// from then on the cursor API returns them.
+async fn numbered(pool: &sqlx::PgPool) {
+    wait_until("every written update numbered", PATIENCE, || async {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM payment_updates_pending")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        (pending == 0).then_some(())
+    })
+    .await;
+}
+
 /// Applies `n` events of new intents of `account` in one batch (one transaction).
 async fn many(pool: &sqlx::PgPool, account: &str, prefix: &str, n: usize) {
     let bodies: Vec<String> = (0..n)
@@ -201,6 +214,7 @@ async fn a_till_resuming_with_last_event_id_gets_exactly_what_it_missed() {
         }
     });
     writer.await.unwrap();
+    numbered(&pool).await;
     let cursor = all_pages(&p.running.url, API_TOKEN, "&location=soho").await;
     assert_eq!(cursor.len(), 40, "two thirds of the 60 changes are soho's");
     let after = take(&mut rx, cursor.len() - before.len()).await;
@@ -228,6 +242,7 @@ async fn a_token_sees_its_own_location_only() {
     let pool = p.worker.pool.clone();
     change(&pool, "acc_soho", "evt_1", "pi_soho", "Captured").await;
     change(&pool, "acc_leeds", "evt_2", "pi_leeds", "Authorized").await;
+    numbered(&pool).await;
     let url = &p.running.url;
     let client = reqwest::Client::new();
 
@@ -308,14 +323,16 @@ async fn a_rolled_back_change_leaves_no_update() {
         .execute(&mut *tx)
         .await
         .unwrap();
-    let inside: i64 = sqlx::query_scalar("SELECT count(*) FROM payment_updates")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(inside, 2, "the update is written with the change");
+    let inside: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM payment_updates_pending WHERE cause = 'evt_x'")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    assert_eq!(inside, 1, "the update is written with the change");
     tx.rollback().await.unwrap();
 
     change(&pool, "acc_soho", "evt_2", "pi_1", "Captured").await;
+    numbered(&pool).await;
     let all = all_pages(&p.running.url, API_TOKEN, "").await;
     let causes: Vec<&str> = all.iter().map(|u| u["cause"].as_str().unwrap()).collect();
     assert_eq!(
@@ -327,7 +344,7 @@ async fn a_rolled_back_change_leaves_no_update() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn commits_out_of_seq_order_cannot_happen_so_a_cursor_never_skips() {
+async fn a_change_committed_late_is_numbered_late_so_a_cursor_never_skips() {
     let services = Services::new().await.unwrap();
     let locations = Locations::new();
     let p = feed_processor(&services, &locations, "1000").await;
@@ -335,32 +352,32 @@ async fn commits_out_of_seq_order_cannot_happen_so_a_cursor_never_skips() {
     change(&pool, "acc_soho", "evt_0", "pi_a", "Created").await;
     change(&pool, "acc_soho", "evt_1", "pi_b", "Created").await;
 
-    // A transaction draws a seq and stays open...
+    // A transaction writes an update and stays open...
     let mut first = pool.begin().await.unwrap();
     sqlx::query("UPDATE payment_intents SET status = 'Authorized', last_event_id = 'evt_2' WHERE payment_intent_id = 'pi_a'")
         .execute(&mut *first)
         .await
         .unwrap();
-    // ...a second, started later, would draw a higher seq and commit first: it waits.
-    let second = tokio::spawn({
-        let pool = pool.clone();
-        async move { change(&pool, "acc_soho", "evt_3", "pi_b", "Authorized").await }
-    });
-    wait_until("the second writer waits for the feed lock", PATIENCE, || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        (waiting == 1).then_some(())
-    })
-    .await;
+    // ...a second, of another payment, started later, commits meanwhile without waiting
+    // for it, and is numbered: a reader's cursor moves past it.
+    tokio::time::timeout(
+        PATIENCE,
+        change(&pool, "acc_soho", "evt_3", "pi_b", "Authorized"),
+    )
+    .await
+    .expect("the second writer does not wait for the first");
+    numbered(&pool).await;
     let seen = all_pages(&p.running.url, API_TOKEN, "").await;
-    assert_eq!(seen.len(), 2, "neither is visible yet");
+    let causes: Vec<&str> = seen.iter().map(|u| u["cause"].as_str().unwrap()).collect();
+    assert_eq!(
+        causes,
+        ["evt_0", "evt_1", "evt_3"],
+        "the open one is not visible"
+    );
     let cursor = seen.last().unwrap()["seq"].as_i64().unwrap();
+    // The first commits late: it is numbered after the cursor, not skipped behind it.
     first.commit().await.unwrap();
-    second.await.unwrap();
+    numbered(&pool).await;
     let next: Value = reqwest::Client::new()
         .get(format!(
             "{}/v1/payment-updates?after={cursor}",
@@ -379,10 +396,22 @@ async fn commits_out_of_seq_order_cannot_happen_so_a_cursor_never_skips() {
         .iter()
         .map(|u| u["cause"].as_str().unwrap())
         .collect();
-    assert_eq!(causes, ["evt_2", "evt_3"], "committed in seq order");
+    assert_eq!(causes, ["evt_2"], "numbered in commit order");
 
-    // Under concurrency: a reader following the cursor while 8 writers commit sees
-    // every update the table ends with.
+    // Under concurrency: a reader following the cursor while 8 writers commit, and
+    // three more sequencers (as other replicas run) take turns with this processor's,
+    // sees every update the table ends with.
+    let (halt, halted) = watch::channel(false);
+    let replicas: Vec<_> = (0..3)
+        .map(|_| {
+            let (pool, halted) = (pool.clone(), halted.clone());
+            tokio::spawn(async move {
+                while !*halted.borrow() {
+                    processor::feed::sequencer::number(&pool).await.unwrap();
+                }
+            })
+        })
+        .collect();
     let writers: Vec<_> = (0..8)
         .map(|w| {
             let pool = pool.clone();
@@ -405,7 +434,14 @@ async fn commits_out_of_seq_order_cannot_happen_so_a_cursor_never_skips() {
     let (mut after, mut followed) = (0i64, Vec::new());
     let mut done = false;
     while !done {
-        done = writers.iter().all(|w| w.is_finished());
+        // The last round reads after every write is committed and numbered.
+        done = writers.iter().all(|w| w.is_finished()) && {
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM payment_updates_pending")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pending == 0
+        };
         loop {
             let page: Value = client
                 .get(format!(
@@ -427,12 +463,31 @@ async fn commits_out_of_seq_order_cannot_happen_so_a_cursor_never_skips() {
             followed.extend(seqs(updates));
         }
     }
+    let _ = halt.send(true);
+    for r in replicas {
+        r.await.unwrap();
+    }
     let total: Vec<i64> = sqlx::query_scalar("SELECT seq FROM payment_updates ORDER BY seq")
         .fetch_all(&pool)
         .await
         .unwrap();
     assert_eq!(total.len(), 4 + 8 * 25);
+    assert!(total.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(followed, total, "the follower skipped nothing");
+    let orders: Vec<Vec<String>> = sqlx::query_scalar(
+        "SELECT array_agg(status ORDER BY seq) FROM payment_updates
+         WHERE payment_intent_id LIKE 'pi_w%' GROUP BY payment_intent_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(orders.len(), 8 * 13);
+    for statuses in &orders {
+        assert!(
+            statuses == &["Authorized"] || statuses == &["Authorized", "Captured"],
+            "one payment's updates in the order of their commits: {statuses:?}"
+        );
+    }
     p.running.stop().await;
 }
 
@@ -487,11 +542,9 @@ async fn a_lost_listener_delays_by_at_most_the_poll_and_loses_nothing() {
     // fallback poll alone delivers it.
     let at = Instant::now();
     sqlx::query(
-        "INSERT INTO payment_updates (location_id, account_id, payment_intent_id, status, cause)
-         SELECT 'soho', 'acc_soho', 'pi_silent', 'Created', 'evt_silent'
-         FROM (SELECT pg_advisory_xact_lock($1)) AS l",
+        "INSERT INTO payment_updates_pending (location_id, account_id, payment_intent_id, status, cause)
+         VALUES ('soho', 'acc_soho', 'pi_silent', 'Created', 'evt_silent')",
     )
-    .bind(processor::feed::FEED_LOCK)
     .execute(&pool)
     .await
     .unwrap();
@@ -529,6 +582,7 @@ async fn a_cursor_older_than_the_retention_is_told_to_resync() {
         )
         .await;
     }
+    numbered(&pool).await;
     sqlx::query("UPDATE payment_updates SET committed_at = now() - interval '8 days' WHERE cause IN ('evt_0', 'evt_1')")
         .execute(&pool)
         .await
@@ -694,7 +748,7 @@ async fn tills_of_every_location_end_with_each_payment_final_status_and_nothing_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_row_the_pos_holds_does_not_stall_other_payments_behind_the_feed_lock() {
+async fn a_row_the_pos_holds_does_not_stall_other_payments() {
     let services = Services::new().await.unwrap();
     let locations = Locations::new();
     let p = feed_processor(&services, &locations, "1000").await;
@@ -747,6 +801,7 @@ async fn a_row_the_pos_holds_does_not_stall_other_payments_behind_the_feed_lock(
         took < Duration::from_millis(1000),
         "{took:?}: stalled behind the held row"
     );
+    numbered(&pool).await;
     let causes: Vec<String> = all_pages(&p.running.url, API_TOKEN, "")
         .await
         .iter()

@@ -118,13 +118,6 @@ pub async fn apply(
         fresh.push(i);
     }
     insert_events(&mut tx, batch, &fresh, &outcomes).await?;
-    if !changed.is_empty() {
-        // The outbox's order (crate::feed), held until commit: after the rows' locks, so
-        // a row someone else holds (the POS) is waited for without the feed lock, and
-        // stalls only this batch.
-        crate::feed::lock_rows(&mut tx, &changed).await?;
-        crate::feed::lock(&mut tx).await?;
-    }
     write_intents(&mut tx, batch, &changes, &state, &changed).await?;
     if let Some(scheduling) = scheduling {
         schedule_fetches(&mut tx, batch, &changes, &state, &changed, scheduling).await?;

@@ -166,6 +166,7 @@ impl Application {
         let listener = tokio::spawn(feed::listener::run(self.worker.clone(), stopped.clone()));
         let pruner = tokio::spawn(feed::listener::prune(self.worker.clone(), stopped.clone()));
         let tail = tokio::spawn(feed::listener::tail(self.worker.clone(), stopped.clone()));
+        let sequencer = tokio::spawn(feed::sequencer::run(self.worker.clone(), stopped.clone()));
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
         shutdown.await;
@@ -184,6 +185,7 @@ impl Application {
         listener.await?;
         pruner.await?;
         tail.await?;
+        sequencer.await?;
         handle.stop(true).await;
         server.await??;
         self.worker.pool.close().await;

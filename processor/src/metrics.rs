@@ -46,6 +46,8 @@ pub struct Metrics {
     pub feed_cutoffs: IntCounter,
     /// Reconnects of the feed's LISTEN connection.
     pub feed_listener_reconnects: IntCounter,
+    /// Payment updates numbered by this process's sequencer (crate::feed::sequencer).
+    pub feed_numbered: IntCounter,
     /// The oldest `seq` kept in the outbox (0: empty), and its age in seconds.
     pub feed_oldest_seq: IntGauge,
     pub feed_oldest_age: IntGauge,
@@ -152,6 +154,11 @@ impl Default for Metrics {
                 &registry,
                 "dojo_processor_feed_listener_reconnects_total",
                 "Reconnects of the payment feed's LISTEN connection",
+            ),
+            feed_numbered: counter(
+                &registry,
+                "dojo_processor_feed_updates_numbered_total",
+                "Payment updates this process's sequencer numbered (moved from pending into the feed)",
             ),
             feed_oldest_seq: gauge(
                 &registry,

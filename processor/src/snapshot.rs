@@ -25,10 +25,6 @@ pub async fn store(
     let details = snapshot.payment_details.as_ref();
     let captures = (!snapshot.captures.is_empty())
         .then(|| serde_json::to_value(&snapshot.captures).expect("captures serialise"));
-    // The outbox's order (crate::feed): a newer snapshot is an update of the feed. The
-    // row first, so a row the POS holds is not waited for under the feed lock.
-    crate::feed::lock_rows(&mut *conn, &[payment_intent_id]).await?;
-    crate::feed::lock(&mut *conn).await?;
     let written = sqlx::query(
         "UPDATE payment_intents SET
              amount_value = $2, amount_currency = $3, tips_value = $4, tips_currency = $5,

@@ -1,9 +1,10 @@
-//! One `LISTEN payment_updates` connection per process (application_name
-//! `dojo-feed-listener`), fanning out wake-ups to every stream through a `watch` of the
-//! latest notified `seq`. A notification is only a hint: each stream reads the rows
-//! from its own cursor, and also polls every `FEED_POLL_MS`, so a notification lost
-//! (the connection dropped, a reconnect) delays an update, never loses it. Retention is
-//! pruned here too.
+//! One `LISTEN` connection per process (application_name `dojo-feed-listener`) on
+//! `payment_updates` (numbered updates: wakes the [`tail`] reader, hence every stream,
+//! through a `watch` of the latest notified `seq`) and `payment_updates_pending`
+//! (written updates: wakes the [`sequencer`](super::sequencer)). A notification is only
+//! a hint: the tail and the sequencer also poll every `FEED_POLL_MS`, so a notification
+//! lost (the connection dropped, a reconnect) delays an update, never loses it.
+//! Retention is pruned here too.
 
 use crate::Worker;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
@@ -14,8 +15,11 @@ use tokio::sync::watch;
 
 /// The `application_name` of the listening connection (find it in `pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "dojo-feed-listener";
-/// The NOTIFY channel the outbox trigger signals on.
+/// The NOTIFY channel the sequencer signals numbered updates on (payload: the highest
+/// `seq`).
 pub const CHANNEL: &str = "payment_updates";
+/// The NOTIFY channel the outbox trigger signals written, not yet numbered, updates on.
+pub const PENDING_CHANNEL: &str = "payment_updates_pending";
 
 /// The wake-ups streams wait on: the highest `seq` notified so far (0 at start), bumped
 /// on every reconnect too.
@@ -30,6 +34,8 @@ pub struct Batch {
 
 pub struct Hub {
     latest: watch::Sender<i64>,
+    /// Bumped when updates are written and wait for the sequencer.
+    pending: watch::Sender<u64>,
     /// The tail of the outbox, read by one task ([`tail`]) and shared by every stream.
     batches: tokio::sync::broadcast::Sender<Arc<Batch>>,
     /// True once the process stops: streams end (clients resume elsewhere), so a
@@ -41,6 +47,7 @@ impl Default for Hub {
     fn default() -> Self {
         Self {
             latest: watch::channel(0).0,
+            pending: watch::channel(0).0,
             // Bounded: a stream that falls this far behind reads the table itself.
             batches: tokio::sync::broadcast::channel(1024).0,
             closing: watch::channel(false).0,
@@ -51,6 +58,11 @@ impl Default for Hub {
 impl Hub {
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.latest.subscribe()
+    }
+
+    /// Wake-ups of the sequencer.
+    pub fn pending(&self) -> watch::Receiver<u64> {
+        self.pending.subscribe()
     }
 
     pub fn batches(&self) -> tokio::sync::broadcast::Receiver<Arc<Batch>> {
@@ -66,9 +78,14 @@ impl Hub {
         self.closing.send_replace(true);
     }
 
-    fn wake(&self, seq: i64) {
+    /// Wakes the tail reader: updates up to `seq` are numbered.
+    pub fn wake(&self, seq: i64) {
         // `send_modify` wakes every receiver even when the value stays the same.
         self.latest.send_modify(|l| *l = (*l).max(seq));
+    }
+
+    fn wake_sequencer(&self) {
+        self.pending.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -79,7 +96,7 @@ async fn listen(url: &str) -> Result<PgListener, sqlx::Error> {
         .connect_with(options)
         .await?;
     let mut listener = PgListener::connect_with(&pool).await?;
-    listener.listen(CHANNEL).await?;
+    listener.listen_all([CHANNEL, PENDING_CHANNEL]).await?;
     Ok(listener)
 }
 
@@ -99,9 +116,11 @@ pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
         };
         // Whatever was notified while not listening is read now.
         hub.wake(0);
+        hub.wake_sequencer();
         loop {
             tokio::select! {
                 got = listener.try_recv() => match got {
+                    Ok(Some(n)) if n.channel() == PENDING_CHANNEL => hub.wake_sequencer(),
                     Ok(Some(n)) => hub.wake(n.payload().parse().unwrap_or(0)),
                     Ok(None) | Err(_) => {
                         tracing::warn!("feed listener connection lost; reconnecting");

@@ -1,8 +1,9 @@
 //! The payment feed (docs/FEED.md): what tills hear about payments.
 //!
-//! - the outbox `payment_updates` is written by a trigger on `payment_intents`
-//!   (migration 0006), in the transaction of every change; writers take [`lock`] before
-//!   their first write of `payment_intents` so updates become visible in `seq` order;
+//! - the outbox is written by a trigger on `payment_intents` (migrations 0006, 0007), in
+//!   the transaction of every change, as a pending update; the [`sequencer`] numbers
+//!   committed ones into `payment_updates`, so they become visible in `seq` order
+//!   without writers waiting on each other;
 //! - [`store`]: reading pages from a cursor, retention;
 //! - [`listener`]: one `LISTEN` connection per process waking the streams, plus a
 //!   fallback poll; [`routes`]: the cursor API and the Server-Sent Events stream, with
@@ -10,41 +11,12 @@
 
 pub mod listener;
 pub mod routes;
+pub mod sequencer;
 pub mod sse;
 pub mod store;
 
 use common::settings::{parsed, ConfigError, Source};
 use std::time::Duration;
-
-/// The transaction-level advisory lock that orders the outbox (migration 0006). Taken
-/// after any per-intent locks (lock order: intents, then feed), held until commit.
-pub const FEED_LOCK: i64 = 7_310_577_158_493_101_312;
-
-/// Takes [`FEED_LOCK`] for the rest of the transaction.
-pub async fn lock(tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(FEED_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
-}
-
-/// Locks the existing rows of `intents` (`FOR UPDATE`), to be called before [`lock`]:
-/// whoever holds [`FEED_LOCK`] then never waits for a row, so a row held elsewhere (a
-/// POS transaction) stalls only its own writer, not every writer behind the feed lock.
-pub async fn lock_rows(
-    tx: &mut sqlx::PgConnection,
-    intents: &[impl AsRef<str>],
-) -> Result<(), sqlx::Error> {
-    let ids: Vec<&str> = intents.iter().map(AsRef::as_ref).collect();
-    sqlx::query(
-        "SELECT 1 FROM payment_intents WHERE payment_intent_id = ANY($1) ORDER BY payment_intent_id FOR UPDATE",
-    )
-    .bind(&ids)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
 
 /// `FEED_*` settings.
 #[derive(Debug, Clone)]

@@ -135,7 +135,7 @@ impl Filter {
 }
 
 /// The highest `seq` visible now (or pruned): every update up to it is visible too,
-/// since updates become visible in `seq` order (migration 0006).
+/// since updates become visible in `seq` order (the sequencer, migration 0007).
 pub async fn head(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT GREATEST((SELECT COALESCE(max(seq), 0) FROM payment_updates),
