@@ -66,7 +66,9 @@ pub async fn number(pool: &sqlx::PgPool) -> Result<(i64, i64), sqlx::Error> {
     let (count, highest): (i64, Option<i64>) = sqlx::query_as(
         "WITH batch AS (
              DELETE FROM payment_updates_pending
-             WHERE id IN (SELECT id FROM payment_updates_pending ORDER BY id LIMIT $1)
+             -- `= ANY(ARRAY(...))`: an index lookup of these ids (`IN (...)` was
+             -- planned as a scan of the whole table, 250 ms at 70,000 pending).
+             WHERE id = ANY(ARRAY(SELECT id FROM payment_updates_pending ORDER BY id LIMIT $1))
              RETURNING *
          ), counter AS (
              UPDATE payment_updates_sequence SET last = last + (SELECT count(*) FROM batch)
