@@ -904,3 +904,46 @@ async fn malformed_queries_get_a_400_epos_error() {
     );
     p.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_snapshot_of_details_is_an_update_and_an_older_or_equal_one_is_not() {
+    let services = Services::new().await.unwrap();
+    let locations = Locations::new();
+    let p = feed_processor(&services, &locations, "1000").await;
+    let pool = p.worker.pool.clone();
+    change(&pool, "acc_soho", "evt_1", "pi_snap", "Captured").await;
+    let snapshot: common::dojo_api::PaymentIntent = serde_json::from_value(serde_json::json!({
+        "id": "pi_snap", "status": "Captured", "captureMode": "Auto",
+        "amount": {"value": 1250, "currencyCode": "GBP"},
+        "totalAmount": {"value": 1400, "currencyCode": "GBP"},
+        "refundedAmount": 0, "reference": "table 12",
+        "orderDetails": {"externalId": "ord-12"},
+        "updatedAt": "2026-11-30T12:00:00Z"
+    }))
+    .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    assert!(processor::snapshot::store(&mut conn, "pi_snap", &snapshot)
+        .await
+        .unwrap());
+    // The same snapshot again changes nothing: no update.
+    assert!(!processor::snapshot::store(&mut conn, "pi_snap", &snapshot)
+        .await
+        .unwrap());
+    drop(conn);
+    numbered(&pool).await;
+    let all = all_pages(&p.running.url, API_TOKEN, "&orderId=ord-12").await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["cause"], "snapshot:pi_snap:2026-11-30T12:00:00.000000Z");
+    assert_eq!(all[0]["amount"]["value"], 1250);
+    assert_eq!(all[0]["totalAmount"]["value"], 1400);
+    assert_eq!(all[0]["reference"], "table 12");
+    assert_eq!(all[0]["status"], "Captured");
+    assert_eq!(
+        all_pages(&p.running.url, API_TOKEN, "&paymentIntentId=pi_snap")
+            .await
+            .len(),
+        2,
+        "the event's update and the snapshot's"
+    );
+    p.running.stop().await;
+}

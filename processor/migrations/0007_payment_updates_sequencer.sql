@@ -2,7 +2,7 @@
 -- lock, which made every batch transaction hold one advisory lock from its first write
 -- of `payment_intents` to its commit, so commits ran one after another.
 --
--- Now writers take no lock: the trigger inserts the update into
+-- Now writers take no lock: the triggers insert the update into
 -- `payment_updates_pending` (its `id` drawn in write order, no `seq`) and notifies
 -- `payment_updates_pending`. A sequencer (every processor runs one; they take turns on
 -- a transaction-level advisory lock) moves committed pending rows into
@@ -44,39 +44,73 @@ ON CONFLICT DO NOTHING;
 -- Only the sequencer numbers updates.
 ALTER TABLE payment_updates ALTER COLUMN seq DROP DEFAULT;
 
-CREATE OR REPLACE FUNCTION payment_updates_record() RETURNS trigger AS $$
-DECLARE
-    why text;
+-- The trigger becomes two statement-level triggers with transition tables: one
+-- set-based INSERT per statement of the processor's batches (which write many intents
+-- in one statement), instead of a PL/pgSQL call per row.
+DROP TRIGGER IF EXISTS payment_updates_record ON payment_intents;
+DROP FUNCTION IF EXISTS payment_updates_record();
+
+CREATE OR REPLACE FUNCTION payment_updates_inserted() RETURNS trigger AS $$
 BEGIN
-    IF TG_OP = 'UPDATE'
-       AND NEW.status IS NOT DISTINCT FROM OLD.status
-       AND NEW.last_event_id IS NOT DISTINCT FROM OLD.last_event_id
-       AND NEW.capture_mode IS NOT DISTINCT FROM OLD.capture_mode
-       AND NEW.amount_value IS NOT DISTINCT FROM OLD.amount_value
-       AND NEW.total_value IS NOT DISTINCT FROM OLD.total_value
-       AND NEW.refunded_amount IS NOT DISTINCT FROM OLD.refunded_amount
-       AND NEW.reference IS NOT DISTINCT FROM OLD.reference
-       AND NEW.order_id IS NOT DISTINCT FROM OLD.order_id THEN
-        RETURN NULL;
-    END IF;
-    IF TG_OP = 'UPDATE' AND NEW.last_event_id IS NOT DISTINCT FROM OLD.last_event_id THEN
-        why := 'snapshot:' || NEW.payment_intent_id || ':'
-               || COALESCE(to_char(NEW.dojo_updated_at AT TIME ZONE 'UTC',
-                                   'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), '');
-    ELSE
-        why := NEW.last_event_id;
-    END IF;
     INSERT INTO payment_updates_pending (location_id, account_id, payment_intent_id, status,
                                          capture_mode, amount_value, amount_currency,
                                          total_value, total_currency, refunded_amount,
                                          reference, order_id, cause)
-    VALUES (COALESCE((SELECT location_id FROM feed_locations WHERE account_id = NEW.account_id),
-                     'default'),
-            NEW.account_id, NEW.payment_intent_id, NEW.status, NEW.capture_mode,
-            NEW.amount_value, NEW.amount_currency, NEW.total_value, NEW.total_currency,
-            NEW.refunded_amount, NEW.reference, NEW.order_id, why);
-    -- No payload: one notification per transaction (PostgreSQL folds equal ones).
-    PERFORM pg_notify('payment_updates_pending', '');
+    SELECT COALESCE(f.location_id, 'default'), n.account_id, n.payment_intent_id, n.status,
+           n.capture_mode, n.amount_value, n.amount_currency, n.total_value,
+           n.total_currency, n.refunded_amount, n.reference, n.order_id, n.last_event_id
+    FROM new_rows n LEFT JOIN feed_locations f ON f.account_id = n.account_id;
+    IF FOUND THEN
+        -- No payload: one notification per transaction (PostgreSQL folds equal ones).
+        PERFORM pg_notify('payment_updates_pending', '');
+    END IF;
     RETURN NULL;
 END;
 $$ LANGUAGE plpgsql;
+
+CREATE OR REPLACE FUNCTION payment_updates_updated() RETURNS trigger AS $$
+BEGIN
+    INSERT INTO payment_updates_pending (location_id, account_id, payment_intent_id, status,
+                                         capture_mode, amount_value, amount_currency,
+                                         total_value, total_currency, refunded_amount,
+                                         reference, order_id, cause)
+    SELECT COALESCE(f.location_id, 'default'), n.account_id, n.payment_intent_id, n.status,
+           n.capture_mode, n.amount_value, n.amount_currency, n.total_value,
+           n.total_currency, n.refunded_amount, n.reference, n.order_id,
+           CASE WHEN n.last_event_id IS NOT DISTINCT FROM o.last_event_id
+                THEN 'snapshot:' || n.payment_intent_id || ':'
+                     || COALESCE(to_char(n.dojo_updated_at AT TIME ZONE 'UTC',
+                                         'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), '')
+                ELSE n.last_event_id END
+    FROM new_rows n
+    JOIN old_rows o ON o.payment_intent_id = n.payment_intent_id
+    LEFT JOIN feed_locations f ON f.account_id = n.account_id
+    -- Only a change a till cares about is an update.
+    WHERE (n.status, n.last_event_id, n.capture_mode, n.amount_value, n.total_value,
+           n.refunded_amount, n.reference, n.order_id)
+          IS DISTINCT FROM
+          (o.status, o.last_event_id, o.capture_mode, o.amount_value, o.total_value,
+           o.refunded_amount, o.reference, o.order_id);
+    IF FOUND THEN
+        PERFORM pg_notify('payment_updates_pending', '');
+    END IF;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER payment_updates_inserted
+    AFTER INSERT ON payment_intents
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION payment_updates_inserted();
+CREATE TRIGGER payment_updates_updated
+    AFTER UPDATE ON payment_intents
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION payment_updates_updated();
+
+-- Pruning walks `seq` (processor::feed::store::prune): no index on `committed_at`.
+DROP INDEX IF EXISTS payment_updates_committed;
+
+-- Most updates have no order (until details arrive): those need no index entry.
+DROP INDEX IF EXISTS payment_updates_order;
+CREATE INDEX IF NOT EXISTS payment_updates_order ON payment_updates (order_id, seq)
+    WHERE order_id IS NOT NULL;

@@ -152,21 +152,42 @@ pub async fn pruned_upto(pool: &PgPool) -> Result<i64, sqlx::Error> {
         .await
 }
 
-/// Deletes the updates older than `retention` and moves the pruned mark; returns the
-/// oldest kept `seq` and its age in seconds, if any.
+/// Most updates one pruning statement deletes.
+const PRUNE_BATCH: i64 = 10_000;
+
+/// Deletes the updates older than `retention`, oldest `seq` first, up to the first one
+/// that is younger (so no index on `committed_at` is needed: one less index entry per
+/// update on the ingestion path), and moves the pruned mark; returns the oldest kept
+/// `seq` and its age in seconds, if any.
 pub async fn prune(
     pool: &PgPool,
     retention: std::time::Duration,
 ) -> Result<Option<(i64, f64)>, sqlx::Error> {
-    sqlx::query(
-        "WITH gone AS (DELETE FROM payment_updates
-                       WHERE committed_at < now() - $1 * interval '1 millisecond' RETURNING seq)
-         UPDATE payment_updates_pruned SET upto = GREATEST(upto, (SELECT max(seq) FROM gone))
-         WHERE EXISTS (SELECT 1 FROM gone)",
-    )
-    .bind(retention.as_millis() as f64)
-    .execute(pool)
-    .await?;
+    loop {
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH old AS (
+                 SELECT seq, committed_at FROM payment_updates ORDER BY seq LIMIT $2
+             ), young AS (
+                 SELECT COALESCE(min(seq), 9223372036854775807) AS seq FROM old
+                 WHERE committed_at >= now() - $1 * interval '1 millisecond'
+             ), gone AS (
+                 DELETE FROM payment_updates
+                 WHERE seq = ANY(ARRAY(SELECT old.seq FROM old, young WHERE old.seq < young.seq))
+                 RETURNING seq
+             ), mark AS (
+                 UPDATE payment_updates_pruned SET upto = GREATEST(upto, (SELECT max(seq) FROM gone))
+                 WHERE EXISTS (SELECT 1 FROM gone)
+             )
+             SELECT count(*) FROM gone",
+        )
+        .bind(retention.as_millis() as f64)
+        .bind(PRUNE_BATCH)
+        .fetch_one(pool)
+        .await?;
+        if deleted < PRUNE_BATCH {
+            break;
+        }
+    }
     let oldest = sqlx::query(
         "SELECT seq, EXTRACT(EPOCH FROM now() - committed_at)::float8 AS age
          FROM payment_updates ORDER BY seq LIMIT 1",
