@@ -933,7 +933,10 @@ async fn a_newer_snapshot_of_details_is_an_update_and_an_older_or_equal_one_is_n
     numbered(&pool).await;
     let all = all_pages(&p.running.url, API_TOKEN, "&orderId=ord-12").await;
     assert_eq!(all.len(), 1, "{all:?}");
-    assert_eq!(all[0]["cause"], "snapshot:pi_snap:2026-11-30T12:00:00.000000Z");
+    assert_eq!(
+        all[0]["cause"],
+        "snapshot:pi_snap:2026-11-30T12:00:00.000000Z"
+    );
     assert_eq!(all[0]["amount"]["value"], 1250);
     assert_eq!(all[0]["totalAmount"]["value"], 1400);
     assert_eq!(all[0]["reference"], "table 12");

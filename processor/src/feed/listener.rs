@@ -200,6 +200,11 @@ pub async fn prune(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
             }
             Err(e) => tracing::warn!(error = %e, "pruning the payment feed failed; trying again"),
         }
+        // The console's duplicate deliveries share the feed's retention.
+        let retention = worker.settings.feed.retention;
+        if let Err(e) = crate::console::payment::prune_duplicates(&worker.pool, retention).await {
+            tracing::warn!(error = %e, "pruning duplicate deliveries failed; trying again");
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,

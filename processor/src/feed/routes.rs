@@ -230,6 +230,18 @@ pub async fn stream(
         Ok(f) => f,
         Err(refusal) => return refusal.answer(),
     };
+    open_stream(&req, worker.get_ref(), filter, q.after, None).await
+}
+
+/// The stream of `filter`'s updates, resuming after `Last-Event-ID` (else `after`; else
+/// `start`: `None` for the oldest kept, `Some(head)` for only what comes next).
+pub async fn open_stream(
+    req: &HttpRequest,
+    worker: &Arc<Worker>,
+    filter: Filter,
+    after: Option<i64>,
+    start: Option<i64>,
+) -> HttpResponse {
     // A `Last-Event-ID` that is no seq is refused, not ignored: resuming from somewhere
     // else than the client thinks would repeat or skip updates.
     let last_event_id = match req.headers().get("last-event-id") {
@@ -243,7 +255,7 @@ pub async fn stream(
         },
     };
     // Without a cursor: from the oldest kept, i.e. after what was pruned.
-    let after = match last_event_id.or(q.after) {
+    let after = match last_event_id.or(after).or(start) {
         Some(after) => after,
         None => match store::pruned_upto(&worker.pool).await {
             Ok(upto) => upto,
@@ -259,7 +271,7 @@ pub async fn stream(
         Ok(Page::Gone { pruned_upto }) => return Refusal::Gone(pruned_upto).answer(),
         Err(e) => return unavailable(&e).answer(),
     };
-    let worker = worker.get_ref().clone();
+    let worker = worker.clone();
     let (tx, rx) = mpsc::channel(worker.settings.feed.client_buffer);
     tokio::spawn(super::sse::serve(worker, filter, after, first, tx, batches));
     let body = futures::stream::unfold(rx, |mut rx| async move {
