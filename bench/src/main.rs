@@ -11,6 +11,7 @@
 //! ```
 
 mod baseline;
+mod console;
 mod feed;
 mod load;
 mod procs;
@@ -76,6 +77,13 @@ enum Command {
         rate: f64,
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+    },
+    /// The console's event list with a million stored events: page latency per kind.
+    Console {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: i64,
+        #[arg(long, default_value_t = 20)]
+        repeat: usize,
     },
     /// End to end at a sustained rate: ack-to-commit lag, nothing lost or doubled.
     E2e {
@@ -370,6 +378,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Sockets { count } => {
             sockets::idle(count).await?;
+        }
+        Command::Console { events, repeat } => {
+            console::run(events, repeat).await?;
         }
         Command::All { e2e_seconds } => {
             let limits = baselines().await?;

@@ -9,6 +9,7 @@
 //!
 //! Dojo itself is played by the `simulator` crate.
 
+pub mod browser;
 pub mod cluster;
 pub mod isolation;
 pub mod openapi;

@@ -125,6 +125,7 @@ pub async fn process(
         return;
     }
     let outcomes = decide(worker, channel, &items, stop).await;
+    record_duplicates(worker, &items, &outcomes).await;
     let acking = Instant::now();
     let mut last_ack = None;
     for (item, outcome) in items.iter().zip(&outcomes) {
@@ -364,6 +365,45 @@ async fn apply_with_retries(
                 )));
             }
         }
+    }
+}
+
+/// Keeps every delivery of an event already recorded (`dojo_event_duplicates`,
+/// migration 0008) for the console's timeline: one statement per batch that has any.
+/// Best effort: the event itself is safe in `dojo_events`, so a failure here is logged
+/// and the batch is acked all the same.
+async fn record_duplicates(worker: &Worker, items: &[Item<'_>], outcomes: &[Option<Outcome>]) {
+    let duplicates: Vec<&Item> = items
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, o)| **o == Some(Outcome::Duplicate))
+        .map(|(i, _)| i)
+        .collect();
+    if duplicates.is_empty() {
+        return;
+    }
+    let column = |f: fn(&Item) -> Option<String>| -> Vec<Option<String>> {
+        duplicates.iter().map(|i| f(i)).collect()
+    };
+    let accounts = column(|i| Some(i.event.account_id.clone()));
+    let ids = column(|i| Some(i.event.id.clone()));
+    let intents = column(|i| i.event.data.payment_intent_id.clone());
+    let channels = column(|i| Some(i.envelope.channel.as_str().to_owned()));
+    let received: Vec<chrono::DateTime<chrono::Utc>> =
+        duplicates.iter().map(|i| i.envelope.received_at).collect();
+    let written = sqlx::query(
+        "INSERT INTO dojo_event_duplicates (account_id, event_id, payment_intent_id, channel, received_at)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])",
+    )
+    .bind(&accounts)
+    .bind(&ids)
+    .bind(&intents)
+    .bind(&channels)
+    .bind(&received)
+    .execute(&worker.pool)
+    .await;
+    if let Err(e) = written {
+        tracing::warn!(error = %e, count = duplicates.len(), "cannot record duplicate deliveries (the events are safe)");
     }
 }
 

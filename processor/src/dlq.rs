@@ -36,6 +36,9 @@ pub struct DeadLetter {
     pub attempts: u32,
     pub first_failure: Option<String>,
     pub dead_at: Option<String>,
+    /// The message body as queued (the envelope, JSON), lossily decoded as UTF-8 and
+    /// cut at 64 KiB.
+    pub payload: String,
 }
 
 /// Which dead letters to replay.
@@ -79,6 +82,8 @@ fn describe(delivery: &Delivery) -> DeadLetter {
         attempts: attempts(Some(&headers)),
         first_failure: header_text(&headers, FIRST_FAILURE_HEADER),
         dead_at: header_text(&headers, DEAD_AT_HEADER),
+        payload: String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(64 * 1024)])
+            .into_owned(),
     }
 }
 
@@ -105,6 +110,37 @@ async fn open(amqp_url: &str) -> anyhow::Result<(Connection, Channel, u32)> {
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     Ok((connection, channel, queue.message_count().min(MAX_BATCH)))
+}
+
+/// Messages waiting in the processor's queue and in the dead-letter queue (passive
+/// declares on a short-lived connection; the console's overview).
+pub async fn depths(amqp_url: &str) -> anyhow::Result<(u32, u32)> {
+    let props = ConnectionProperties::default().with_connection_name("processor console".into());
+    let connection = common::amqp::Brokers::parse(amqp_url)?
+        .connect_any(props)
+        .await
+        .context("cannot connect to RabbitMQ")?;
+    let channel = connection.create_channel().await?;
+    let mut depth = [0u32; 2];
+    for (i, queue) in [common::topology::PROCESSOR_QUEUE, DEAD_QUEUE]
+        .into_iter()
+        .enumerate()
+    {
+        depth[i] = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("queue {queue} not found"))?
+            .message_count();
+    }
+    let _ = connection.close(200, "looked".into()).await;
+    Ok((depth[0], depth[1]))
 }
 
 /// What to do with a dead letter once looked at.

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod apply;
 pub mod batch;
+pub mod console;
 pub mod consumer;
 pub mod db;
 pub mod dedupe;
@@ -120,12 +121,16 @@ impl Application {
         let addr = listener.local_addr()?;
         let worker = Arc::new(Worker::connect(settings).await?);
         let data = web::Data::new(worker.clone());
-        let server =
-            HttpServer::new(move || App::new().app_data(data.clone()).configure(api::configure))
-                .disable_signals()
-                .workers(1)
-                .listen(listener)?
-                .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .configure(api::configure)
+                .configure(console::configure)
+        })
+        .disable_signals()
+        .workers(1)
+        .listen(listener)?
+        .run();
         Ok(Self {
             server,
             addr,

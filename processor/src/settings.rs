@@ -48,6 +48,8 @@ pub struct Settings {
     pub sweep: crate::sweep::SweepSettings,
     /// `FEED_*`: the payment feed (crate::feed).
     pub feed: crate::feed::FeedSettings,
+    /// `CONSOLE_*`: the ops console (crate::console).
+    pub console: crate::console::settings::ConsoleSettings,
 }
 
 impl Settings {
@@ -110,6 +112,7 @@ impl Settings {
             enrich: crate::enrich::EnrichSettings::from_source(src)?,
             sweep: crate::sweep::SweepSettings::from_source(src)?,
             feed: crate::feed::FeedSettings::from_source(src)?,
+            console: crate::console::settings::ConsoleSettings::from_source(src)?,
         })
     }
 }

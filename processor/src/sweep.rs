@@ -135,6 +135,22 @@ pub async fn sweep_location(
         .execute(&mut *lock)
         .await;
     result?;
+    // For the console's overview; a failure here loses no repair.
+    if let Err(e) = sqlx::query(
+        "INSERT INTO sweep_runs (location_id, window_start, window_end, seen, repaired, stored)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&location.id)
+    .bind(since)
+    .bind(until)
+    .bind(report.seen as i32)
+    .bind(report.repaired as i32)
+    .bind(report.stored as i32)
+    .execute(&worker.pool)
+    .await
+    {
+        tracing::warn!(error = %e, location = %location.id, "cannot record the sweep run");
+    }
     worker
         .metrics
         .sweep_last_success

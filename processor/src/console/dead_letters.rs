@@ -1,0 +1,191 @@
+//! `GET /console/dead-letters`: what could not be processed, with its reason, attempts,
+//! first failure and payload (read without removing anything, as `processor dlq list`).
+//! Operators replay one (`POST /console/dead-letters/replay`) or all, after a page that
+//! says how many would be replayed and asks to confirm; every replay is audited first.
+
+use super::audit;
+use super::auth::Staff;
+use super::view::{html, message, Frame};
+use crate::dlq::{self, DeadLetter, Selection};
+use crate::Worker;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpResponse};
+use askama::Template;
+use serde::Deserialize;
+use std::sync::Arc;
+
+#[derive(Template)]
+#[template(path = "console/dead_letters.html")]
+struct DeadLettersPage {
+    frame: Frame,
+    letters: Vec<DeadLetter>,
+    error: String,
+    done: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/replay_all.html")]
+struct ConfirmPage {
+    frame: Frame,
+    count: usize,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Done {
+    pub replayed: Option<u64>,
+    pub what: Option<String>,
+}
+
+pub async fn page(
+    staff: Staff,
+    worker: web::Data<Arc<Worker>>,
+    done: web::Query<Done>,
+) -> HttpResponse {
+    let (letters, error) = match dlq::list(&worker.settings.amqp_url).await {
+        Ok(l) => (l, String::new()),
+        Err(e) => (
+            Vec::new(),
+            format!("Cannot read the dead letters ({e:#}); is RabbitMQ up?"),
+        ),
+    };
+    let done = match (done.replayed, &done.what) {
+        (Some(n), Some(what)) => format!("Replayed {n} ({what})."),
+        (Some(n), None) => format!("Replayed {n}."),
+        _ => String::new(),
+    };
+    html(
+        if error.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &DeadLettersPage {
+            frame: Frame::new(&staff, "dead-letters"),
+            letters,
+            error,
+            done,
+        },
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReplayOne {
+    pub event_id: String,
+}
+
+fn back(replayed: u64, what: &str) -> HttpResponse {
+    let query = serde_urlencoded::to_string([
+        ("replayed", replayed.to_string()),
+        ("what", what.to_owned()),
+    ])
+    .unwrap_or_default();
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, format!("/console/dead-letters?{query}")))
+        .finish()
+}
+
+async fn replay(
+    worker: &Worker,
+    staff: &Staff,
+    selection: Selection,
+    target: &str,
+) -> HttpResponse {
+    if let Err(e) = audit::by(&worker.pool, staff, "replay", target, "requested").await {
+        tracing::error!(error = %e, "console audit failed; replay refused");
+        return message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Nothing was replayed: the audit could not be written (database unavailable). Try again in a moment.",
+        );
+    }
+    match dlq::replay(&worker.settings.amqp_url, &selection).await {
+        Ok(n) => {
+            let _ = audit::by(
+                &worker.pool,
+                staff,
+                "replayed",
+                target,
+                &format!("{n} replayed"),
+            )
+            .await;
+            tracing::info!(user = %staff.name, target, replayed = n, "console replay");
+            back(n, target)
+        }
+        Err(e) => {
+            let _ = audit::by(
+                &worker.pool,
+                staff,
+                "replay failed",
+                target,
+                &format!("{e:#}"),
+            )
+            .await;
+            message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("The replay failed ({e:#}); nothing that was not confirmed by RabbitMQ was removed. Try again."),
+            )
+        }
+    }
+}
+
+pub async fn replay_one(
+    staff: Staff,
+    worker: web::Data<Arc<Worker>>,
+    form: web::Form<ReplayOne>,
+) -> Result<HttpResponse, super::auth::Refused> {
+    staff.operator()?;
+    let id = form.event_id.trim();
+    if id.is_empty() {
+        return Ok(message(
+            StatusCode::BAD_REQUEST,
+            "Which event? The form had no event id.",
+        ));
+    }
+    Ok(replay(
+        &worker,
+        &staff,
+        Selection::EventId(id.to_owned()),
+        &format!("event {id}"),
+    )
+    .await)
+}
+
+pub async fn confirm_all(
+    staff: Staff,
+    worker: web::Data<Arc<Worker>>,
+) -> Result<HttpResponse, super::auth::Refused> {
+    staff.operator()?;
+    Ok(match dlq::list(&worker.settings.amqp_url).await {
+        Ok(letters) => html(
+            StatusCode::OK,
+            &ConfirmPage {
+                frame: Frame::new(&staff, "dead-letters"),
+                count: letters.len(),
+            },
+        ),
+        Err(e) => message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("Cannot read the dead letters ({e:#}); is RabbitMQ up?"),
+        ),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReplayAll {
+    /// The count the confirmation page showed.
+    pub expected: usize,
+}
+
+pub async fn replay_all(
+    staff: Staff,
+    worker: web::Data<Arc<Worker>>,
+    form: web::Form<ReplayAll>,
+) -> Result<HttpResponse, super::auth::Refused> {
+    staff.operator()?;
+    Ok(replay(
+        &worker,
+        &staff,
+        Selection::All,
+        &format!("all dead letters (confirmed {})", form.expected),
+    )
+    .await)
+}
