@@ -121,11 +121,34 @@ fn push_location(b: &mut QueryBuilder<'_, Postgres>, worker: &Worker, location: 
 
 /// One page of the list; `Err` is a message for the user.
 pub async fn list(worker: &Worker, q: &EventQuery) -> Result<(Vec<Row>, String), String> {
-    let mut b: QueryBuilder<Postgres> = QueryBuilder::new(
+    let mut b: QueryBuilder<Postgres> = QueryBuilder::new("");
+    if let Some(text) = given(&q.q) {
+        // The search first, each branch an index lookup (event id: dojo_events_event;
+        // intent: dojo_events_payment_intent; order reference: the payment_intents
+        // indexes), materialised so the planner cannot trade them for a walk of the
+        // whole list in received order (180 ms at a million events).
+        b.push("WITH hits AS MATERIALIZED (SELECT account_id, event_id FROM dojo_events WHERE event_id = ")
+            .push_bind(text.to_owned())
+            .push(" UNION SELECT account_id, event_id FROM dojo_events WHERE payment_intent_id = ")
+            .push_bind(text.to_owned())
+            .push(
+                " UNION SELECT d.account_id, d.event_id FROM payment_intents p \
+                 JOIN dojo_events d ON d.payment_intent_id = p.payment_intent_id \
+                 WHERE p.reference = ",
+            )
+            .push_bind(text.to_owned())
+            .push(" OR p.order_id = ")
+            .push_bind(text.to_owned())
+            .push(") ");
+    }
+    b.push(
         "SELECT e.event_id, e.account_id, e.event_type, COALESCE(e.payment_intent_id, ''),
                 COALESCE(e.payment_status, ''), e.channel, e.outcome, e.received_at
          FROM dojo_events e WHERE true",
     );
+    if given(&q.q).is_some() {
+        b.push(" AND (e.account_id, e.event_id) IN (SELECT account_id, event_id FROM hits)");
+    }
     if let Some(location) = given(&q.location) {
         if !push_location(&mut b, worker, location) {
             return Err(format!("No location {location:?} in the locations file."));
@@ -148,21 +171,6 @@ pub async fn list(worker: &Worker, q: &EventQuery) -> Result<(Vec<Row>, String),
             })?;
             b.push(format!(" AND e.received_at {op} ")).push_bind(t);
         }
-    }
-    if let Some(text) = given(&q.q) {
-        // Each branch is an index lookup: the primary key's event_id is not its first
-        // column, so event ids go through dojo_events_event (migration 0008).
-        b.push(" AND (e.event_id = ")
-            .push_bind(text.to_owned())
-            .push(" OR e.payment_intent_id = ")
-            .push_bind(text.to_owned())
-            .push(
-                " OR e.payment_intent_id IN (SELECT payment_intent_id FROM payment_intents WHERE reference = ",
-            )
-            .push_bind(text.to_owned())
-            .push(" OR order_id = ")
-            .push_bind(text.to_owned())
-            .push("))");
     }
     if let Some(after) = given(&q.after) {
         let mut parts = after.splitn(3, '|');
