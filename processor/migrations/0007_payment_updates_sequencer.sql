@@ -114,3 +114,42 @@ DROP INDEX IF EXISTS payment_updates_committed;
 DROP INDEX IF EXISTS payment_updates_order;
 CREATE INDEX IF NOT EXISTS payment_updates_order ON payment_updates (order_id, seq)
     WHERE order_id IS NOT NULL;
+
+-- One turn of a sequencer (processor::feed::sequencer): one call, one round trip, in the
+-- caller's statement transaction. Each statement of a volatile function takes a new
+-- snapshot, so after the lock it sees every earlier turn's commit. Returns the updates
+-- it numbered (in no particular order) and notifies `payment_updates` with the highest.
+CREATE OR REPLACE FUNCTION payment_updates_number(batch bigint) RETURNS SETOF payment_updates AS $$
+DECLARE
+    numbered bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(7310577158493101313);
+    RETURN QUERY
+    WITH picked AS (
+        -- `= ANY(ARRAY(...))`: an index lookup of these ids (`IN (...)` was planned as
+        -- a scan of the whole table: 250 ms at 70,000 pending).
+        DELETE FROM payment_updates_pending
+        WHERE id = ANY(ARRAY(SELECT id FROM payment_updates_pending ORDER BY id LIMIT batch))
+        RETURNING *
+    ), counter AS (
+        UPDATE payment_updates_sequence SET last = last + (SELECT count(*) FROM picked)
+        WHERE EXISTS (SELECT 1 FROM picked)
+        RETURNING last - (SELECT count(*) FROM picked) AS start
+    )
+    INSERT INTO payment_updates (seq, location_id, account_id, payment_intent_id, status,
+                                 capture_mode, amount_value, amount_currency, total_value,
+                                 total_currency, refunded_amount, reference, order_id, cause,
+                                 committed_at)
+    SELECT counter.start + row_number() OVER (ORDER BY p.id), p.location_id, p.account_id,
+           p.payment_intent_id, p.status, p.capture_mode, p.amount_value, p.amount_currency,
+           p.total_value, p.total_currency, p.refunded_amount, p.reference, p.order_id,
+           p.cause, p.committed_at
+    FROM picked p, counter
+    RETURNING *;
+    GET DIAGNOSTICS numbered = ROW_COUNT;
+    IF numbered > 0 THEN
+        -- Only a pointer: listeners read the rows from the table.
+        PERFORM pg_notify('payment_updates', (SELECT last FROM payment_updates_sequence)::text);
+    END IF;
+END;
+$$ LANGUAGE plpgsql;

@@ -41,16 +41,24 @@ pub struct Hub {
     /// True once the process stops: streams end (clients resume elsewhere), so a
     /// graceful shutdown does not wait for them.
     closing: watch::Sender<bool>,
+    /// What this process's sequencer numbered, handed to [`tail`] without a read.
+    direct: tokio::sync::mpsc::UnboundedSender<Vec<super::store::PaymentUpdate>>,
+    direct_rx: std::sync::Mutex<
+        Option<tokio::sync::mpsc::UnboundedReceiver<Vec<super::store::PaymentUpdate>>>,
+    >,
 }
 
 impl Default for Hub {
     fn default() -> Self {
+        let (direct, direct_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             latest: watch::channel(0).0,
             pending: watch::channel(0).0,
             // Bounded: a stream that falls this far behind reads the table itself.
             batches: tokio::sync::broadcast::channel(1024).0,
             closing: watch::channel(false).0,
+            direct,
+            direct_rx: std::sync::Mutex::new(Some(direct_rx)),
         }
     }
 }
@@ -82,6 +90,16 @@ impl Hub {
     pub fn wake(&self, seq: i64) {
         // `send_modify` wakes every receiver even when the value stays the same.
         self.latest.send_modify(|l| *l = (*l).max(seq));
+    }
+
+    /// Updates this process's sequencer just numbered (consecutive `seq`, in order):
+    /// the tail passes them on without reading them back when they follow what it has.
+    pub fn numbered(&self, updates: Vec<super::store::PaymentUpdate>) {
+        let highest = updates.last().map_or(0, |u| u.seq);
+        if self.direct.send(updates).is_err() {
+            // No tail task: a wake-up makes whoever reads the tail read them.
+            self.wake(highest);
+        }
     }
 
     fn wake_sequencer(&self) {
@@ -142,9 +160,28 @@ pub async fn tail(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     let pool = &worker.pool;
     let mut wake = hub.subscribe();
     let mut poll = tokio::time::interval(worker.settings.feed.poll);
+    let mut direct = hub
+        .direct_rx
+        .lock()
+        .expect("the hub's lock")
+        .take()
+        .expect("one tail task per process");
     let mut at = None;
     loop {
         tokio::select! {
+            biased;
+            Some(updates) = direct.recv() => {
+                // Numbered here, right after what the tail has: passed on as they are.
+                let first = updates.first().map(|u| u.seq);
+                if let (Some(from), Some(first)) = (at, first) {
+                    if first == from + 1 {
+                        let to = updates.last().map_or(from, |u| u.seq);
+                        let _ = hub.batches.send(Arc::new(Batch { from, to, updates }));
+                        at = Some(to);
+                        continue;
+                    }
+                }
+            }
             _ = wake.changed() => {}
             _ = poll.tick() => {}
             _ = stop.changed() => return,

@@ -98,26 +98,31 @@ pub async fn page(
             return Ok(Page::Gone { pruned_upto: upto });
         }
     }
-    rows.into_iter()
-        .map(|r| {
-            Ok(PaymentUpdate {
-                seq: r.try_get("seq")?,
-                location: r.try_get("location_id")?,
-                account_id: r.try_get("account_id")?,
-                payment_intent_id: r.try_get("payment_intent_id")?,
-                status: r.try_get("status")?,
-                capture_mode: r.try_get("capture_mode")?,
-                amount: money(r.try_get("amount_value")?, r.try_get("amount_currency")?),
-                total_amount: money(r.try_get("total_value")?, r.try_get("total_currency")?),
-                refunded_amount: r.try_get("refunded_amount")?,
-                reference: r.try_get("reference")?,
-                order_id: r.try_get("order_id")?,
-                cause: r.try_get("cause")?,
-                committed_at: r.try_get("committed_at")?,
-            })
-        })
+    rows.iter()
+        .map(PaymentUpdate::from_row)
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map(Page::Updates)
+}
+
+impl PaymentUpdate {
+    /// A row of `payment_updates` (every column).
+    pub fn from_row(r: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        Ok(PaymentUpdate {
+            seq: r.try_get("seq")?,
+            location: r.try_get("location_id")?,
+            account_id: r.try_get("account_id")?,
+            payment_intent_id: r.try_get("payment_intent_id")?,
+            status: r.try_get("status")?,
+            capture_mode: r.try_get("capture_mode")?,
+            amount: money(r.try_get("amount_value")?, r.try_get("amount_currency")?),
+            total_amount: money(r.try_get("total_value")?, r.try_get("total_currency")?),
+            refunded_amount: r.try_get("refunded_amount")?,
+            reference: r.try_get("reference")?,
+            order_id: r.try_get("order_id")?,
+            cause: r.try_get("cause")?,
+            committed_at: r.try_get("committed_at")?,
+        })
+    }
 }
 
 impl Filter {
