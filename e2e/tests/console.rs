@@ -347,6 +347,74 @@ async fn support_staff_find_a_payment_replay_a_repaired_dead_letter_and_viewers_
     wait_text(&client, "#payment-status", "Created", true).await;
     assert!(processor::dlq::list(&amqp).await.unwrap().is_empty());
 
+    // Bulk replay: two more poisoned, repaired, then "Replay all" says how many and asks.
+    sqlx::query(
+        "ALTER TABLE dojo_events ADD CONSTRAINT no_bulk CHECK (event_id NOT LIKE 'evt_bulk_%')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for n in 1..=2 {
+        let e = Event::new(
+            &format!("evt_bulk_{n}"),
+            "payment_intent.created",
+            &format!("pi_bulk_{n}"),
+            "Created",
+            Utc::now(),
+        );
+        assert_eq!(
+            dojo(&ingress)
+                .rest(&e.body())
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            200
+        );
+    }
+    wait_until("both dead-lettered", PATIENCE, || async {
+        (processor::dlq::list(&amqp).await.ok()?.len() == 2).then_some(())
+    })
+    .await;
+    sqlx::query("ALTER TABLE dojo_events DROP CONSTRAINT no_bulk")
+        .execute(&pool)
+        .await
+        .unwrap();
+    client
+        .goto(&format!("{url}/console/dead-letters"))
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("replay-all"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(text(&client, "#replay-count")
+        .await
+        .starts_with("2 dead letters would be replayed"));
+    client
+        .find(Locator::Id("confirm-replay-all"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&client, "#replay-done").await,
+        "Replayed 2 (all dead letters (confirmed 2))."
+    );
+    wait_until("both applied", PATIENCE, || async {
+        let n = count(
+            &pool,
+            "SELECT count(*) FROM dojo_events WHERE event_id LIKE 'evt_bulk_%' AND outcome = 'applied'",
+        )
+        .await;
+        (n == 2).then_some(())
+    })
+    .await;
+
     // The audit: who did what.
     client.goto(&format!("{url}/console/audit")).await.unwrap();
     let audit = text(&client, "#audit tbody").await;
@@ -358,7 +426,7 @@ async fn support_staff_find_a_payment_replay_a_repaired_dead_letter_and_viewers_
         "SELECT count(*) FROM console_audit WHERE actor = 'alice' AND action = 'replayed' AND detail = '1 replayed'",
     )
     .await;
-    assert_eq!(replays, 1);
+    assert_eq!(replays, 1, "the single replay");
     assert_eq!(
         count(
             &pool,

@@ -127,14 +127,7 @@ impl FromRequest for Staff {
         let page = req.method() == actix_web::http::Method::GET && !req.path().ends_with("/stream");
         ready(match staff(&worker, req) {
             Ok(Some(staff)) => {
-                // Forms are posted from the console itself only (the cookie is also
-                // SameSite=Strict): a browser says where a request comes from.
-                let cross = req
-                    .headers()
-                    .get("sec-fetch-site")
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v != "same-origin" && v != "none");
-                if req.method() == actix_web::http::Method::POST && cross {
+                if req.method() == actix_web::http::Method::POST && cross_site(req) {
                     Err(Refused::CrossSite)
                 } else {
                     Ok(staff)
@@ -144,6 +137,15 @@ impl FromRequest for Staff {
             Err(e) => Err(e),
         })
     }
+}
+
+/// Whether a browser says `req` comes from another site (`Sec-Fetch-Site`): forms are
+/// accepted from the console itself only (the cookie is also SameSite=Strict).
+pub fn cross_site(req: &HttpRequest) -> bool {
+    req.headers()
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != "same-origin" && v != "none")
 }
 
 /// The user whose token matches, comparing every user's token in constant time.

@@ -108,12 +108,7 @@ async fn login(
             &auth::Refused::NotConfigured.to_string(),
         );
     }
-    let cross = req
-        .headers()
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v != "same-origin" && v != "none");
-    if cross {
+    if auth::cross_site(&req) {
         return view::message(StatusCode::FORBIDDEN, &auth::Refused::CrossSite.to_string());
     }
     let name = form.name.trim();
