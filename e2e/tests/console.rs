@@ -394,6 +394,32 @@ async fn support_staff_find_a_payment_replay_a_repaired_dead_letter_and_viewers_
     assert!(text(&client, "#replay-count")
         .await
         .starts_with("2 dead letters would be replayed"));
+    // One more dies while the operator reads the confirmation: not part of what they
+    // confirmed, so not replayed.
+    sqlx::query("ALTER TABLE dojo_events ADD CONSTRAINT no_late CHECK (event_id <> 'evt_late')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let late = Event::new(
+        "evt_late",
+        "payment_intent.created",
+        "pi_late",
+        "Created",
+        Utc::now(),
+    );
+    assert_eq!(
+        dojo(&ingress)
+            .rest(&late.body())
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    wait_until("evt_late dead-lettered", PATIENCE, || async {
+        (processor::dlq::list(&amqp).await.ok()?.len() == 3).then_some(())
+    })
+    .await;
     client
         .find(Locator::Id("confirm-replay-all"))
         .await
@@ -403,7 +429,18 @@ async fn support_staff_find_a_payment_replay_a_repaired_dead_letter_and_viewers_
         .unwrap();
     assert_eq!(
         text(&client, "#replay-done").await,
-        "Replayed 2 (all dead letters (confirmed 2))."
+        "Replayed 2 (the 2 dead letters confirmed)."
+    );
+    let left: Vec<Option<String>> = processor::dlq::list(&amqp)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.event_id)
+        .collect();
+    assert_eq!(
+        left,
+        [Some("evt_late".to_owned())],
+        "only what was confirmed"
     );
     wait_until("both applied", PATIENCE, || async {
         let n = count(
@@ -430,11 +467,41 @@ async fn support_staff_find_a_payment_replay_a_repaired_dead_letter_and_viewers_
     assert_eq!(
         count(
             &pool,
-            "SELECT count(*) FROM console_audit WHERE actor = 'bob' AND action LIKE 'replay%'"
+            "SELECT count(*) FROM console_audit WHERE actor = 'bob' AND action IN ('replay', 'replayed')"
         )
         .await,
         0
     );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM console_audit WHERE actor = 'bob' AND action = 'replay refused'"
+        )
+        .await,
+        1,
+        "the viewer's refused replay is audited"
+    );
+
+    // Input no record can match is a 400 that says why, never a 5xx.
+    let session = client.get_named_cookie("dojo_console").await.unwrap();
+    let long = "x".repeat(300);
+    for path in [
+        "/console/payments/pi_%00".to_owned(),
+        "/console/events?q=%00".to_owned(),
+        format!("/console/events?q={long}"),
+        "/console/events?after=garbage".to_owned(),
+        "/console/events?from=yesterday".to_owned(),
+    ] {
+        let answer = http
+            .get(format!("{url}{path}"))
+            .header("cookie", format!("dojo_console={}", session.value()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 400, "{path}");
+        let page = answer.text().await.unwrap();
+        assert!(!page.contains("database"), "{path}: {page}");
+    }
 
     // The live tail shows a payment as it is committed.
     client.goto(&format!("{url}/console/live")).await.unwrap();

@@ -125,6 +125,11 @@ pub async fn process(
         return;
     }
     let outcomes = decide(worker, channel, &items, stop).await;
+    if outcomes.contains(&Some(Outcome::Applied)) {
+        // Committed changes wrote feed updates: number them now, without waiting for
+        // the notification to come back from PostgreSQL.
+        worker.feed.wake_sequencer();
+    }
     record_duplicates(worker, &items, &outcomes).await;
     let acking = Instant::now();
     let mut last_ack = None;

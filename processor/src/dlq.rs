@@ -46,6 +46,9 @@ pub struct DeadLetter {
 pub enum Selection {
     All,
     EventId(String),
+    /// The dead letters of these event ids (what an operator saw and confirmed; one
+    /// that died since is not among them).
+    EventIds(std::collections::HashSet<String>),
 }
 
 fn header_text(headers: &FieldTable, name: &str) -> Option<String> {
@@ -233,6 +236,11 @@ pub async fn replay(amqp_url: &str, selection: &Selection) -> anyhow::Result<u64
     each(&channel, count, async |d: &Delivery| {
         let chosen = match selection {
             Selection::All => true,
+            Selection::EventIds(ids) => d
+                .properties
+                .message_id()
+                .as_ref()
+                .is_some_and(|m| ids.contains(m.as_str())),
             Selection::EventId(id) => d
                 .properties
                 .message_id()

@@ -27,7 +27,11 @@ struct DeadLettersPage {
 #[template(path = "console/replay_all.html")]
 struct ConfirmPage {
     frame: Frame,
+    /// The event ids that would be replayed, one per line (the form sends them back).
+    ids: String,
     count: usize,
+    /// Dead letters without an event id (unparseable): never replayed from here.
+    without_id: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,8 +136,18 @@ pub async fn replay_one(
     worker: web::Data<Arc<Worker>>,
     form: web::Form<ReplayOne>,
 ) -> Result<HttpResponse, super::auth::Refused> {
-    staff.operator()?;
     let id = form.event_id.trim();
+    if let Err(refused) = staff.operator() {
+        let _ = audit::by(
+            &worker.pool,
+            &staff,
+            "replay refused",
+            &format!("event {id}"),
+            "not an operator",
+        )
+        .await;
+        return Err(refused);
+    }
     if id.is_empty() {
         return Ok(message(
             StatusCode::BAD_REQUEST,
@@ -155,13 +169,20 @@ pub async fn confirm_all(
 ) -> Result<HttpResponse, super::auth::Refused> {
     staff.operator()?;
     Ok(match dlq::list(&worker.settings.amqp_url).await {
-        Ok(letters) => html(
-            StatusCode::OK,
-            &ConfirmPage {
-                frame: Frame::new(&staff, "dead-letters"),
-                count: letters.len(),
-            },
-        ),
+        Ok(letters) => {
+            let ids: std::collections::BTreeSet<String> =
+                letters.iter().filter_map(|d| d.event_id.clone()).collect();
+            let with_id = letters.iter().filter(|d| d.event_id.is_some()).count();
+            html(
+                StatusCode::OK,
+                &ConfirmPage {
+                    frame: Frame::new(&staff, "dead-letters"),
+                    ids: ids.into_iter().collect::<Vec<_>>().join("\n"),
+                    count: with_id,
+                    without_id: letters.len() - with_id,
+                },
+            )
+        }
         Err(e) => message(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("Cannot read the dead letters ({e:#}); is RabbitMQ up?"),
@@ -173,6 +194,8 @@ pub async fn confirm_all(
 pub struct ReplayAll {
     /// The count the confirmation page showed.
     pub expected: usize,
+    /// The event ids it showed, one per line.
+    pub event_ids: String,
 }
 
 pub async fn replay_all(
@@ -180,12 +203,30 @@ pub async fn replay_all(
     worker: web::Data<Arc<Worker>>,
     form: web::Form<ReplayAll>,
 ) -> Result<HttpResponse, super::auth::Refused> {
-    staff.operator()?;
+    if let Err(refused) = staff.operator() {
+        let _ = audit::by(
+            &worker.pool,
+            &staff,
+            "replay refused",
+            "all dead letters",
+            "not an operator",
+        )
+        .await;
+        return Err(refused);
+    }
+    // Those the confirmation page showed: one that died since is not replayed unseen.
+    let ids: std::collections::HashSet<String> = form
+        .event_ids
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
     Ok(replay(
         &worker,
         &staff,
-        Selection::All,
-        &format!("all dead letters (confirmed {})", form.expected),
+        Selection::EventIds(ids),
+        &format!("the {} dead letters confirmed", form.expected),
     )
     .await)
 }

@@ -119,8 +119,36 @@ fn push_location(b: &mut QueryBuilder<'_, Postgres>, worker: &Worker, location: 
     true
 }
 
+/// The longest filter or search text accepted (ids, references and orders are short).
+pub const MAX_TEXT: usize = 255;
+
+/// `Err`: what is wrong with a filter no row can match (NUL, or too long), for the user.
+pub fn check_text(name: &str, value: &str) -> Result<(), String> {
+    if value.len() > MAX_TEXT || value.contains('\0') {
+        return Err(format!(
+            "{name}: at most {MAX_TEXT} characters, without NUL; ids, references and orders are shorter."
+        ));
+    }
+    Ok(())
+}
+
 /// One page of the list; `Err` is a message for the user.
 pub async fn list(worker: &Worker, q: &EventQuery) -> Result<(Vec<Row>, String), String> {
+    for (name, value) in [
+        ("Location", &q.location),
+        ("Type", &q.event_type),
+        ("Status", &q.status),
+        ("Channel", &q.channel),
+        ("Outcome", &q.outcome),
+        ("From", &q.from),
+        ("To", &q.to),
+        ("Search", &q.q),
+        ("Page link", &q.after),
+    ] {
+        if let Some(v) = value {
+            check_text(name, v)?;
+        }
+    }
     let mut b: QueryBuilder<Postgres> = QueryBuilder::new("");
     if let Some(text) = given(&q.q) {
         // The search first, each branch an index lookup (event id: dojo_events_event;

@@ -31,6 +31,8 @@ use view::{html, Frame, When};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/console")
+            // The bulk replay's form carries every event id it confirms (up to 10,000).
+            .app_data(web::FormConfig::default().limit(1 << 20))
             .route("", web::get().to(overview::page))
             .route("/", web::get().to(overview::page))
             .route("/login", web::get().to(login_form))
@@ -86,6 +88,11 @@ async fn login_form(req: HttpRequest, worker: web::Data<Arc<Worker>>) -> HttpRes
         Ok(Some(_)) => HttpResponse::SeeOther()
             .insert_header((header::LOCATION, "/console"))
             .finish(),
+        // Behind an SSO proxy only: there is no login of our own to offer.
+        Ok(None) if worker.settings.console.users.is_empty() => view::message(
+            StatusCode::UNAUTHORIZED,
+            "Sign in through the company's SSO proxy: this console has no logins of its own, and this request did not come through the proxy.",
+        ),
         Ok(None) => html(StatusCode::OK, &LoginPage { error: "" }),
     }
 }

@@ -251,6 +251,9 @@ pub async fn page(
     id: web::Path<String>,
 ) -> HttpResponse {
     let id = id.into_inner();
+    if let Err(e) = super::events::check_text("A payment intent id", &id) {
+        return super::view::message(StatusCode::BAD_REQUEST, &e);
+    }
     let (record, timeline) = match tokio::try_join!(record(&worker, &id), timeline(&worker, &id)) {
         Ok(x) => x,
         Err(e) => {

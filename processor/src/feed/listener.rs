@@ -102,7 +102,9 @@ impl Hub {
         }
     }
 
-    fn wake_sequencer(&self) {
+    /// Wakes this process's sequencer: updates were written (by a commit of this
+    /// process, or, through `NOTIFY payment_updates_pending`, of any).
+    pub fn wake_sequencer(&self) {
         self.pending.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
