@@ -226,14 +226,17 @@ impl DojoWs {
                     tasks: [writer.abort_handle(), reader.abort_handle()],
                 },
             );
+            *self.inner.latest.lock().expect("lock") = Some(key);
+            // In this order: whoever sees the connection counted finds its socket open
+            // and latest, and whoever sees N open sees at least N connections (a test
+            // waiting for 20 open then read 19 connections).
+            self.connections.send_modify(|n| *n += 1);
             self.open_count.send_replace(open.len());
             previous
         };
-        *self.inner.latest.lock().expect("lock") = Some(key);
         if let Some(old) = previous {
             old.tasks.iter().for_each(AbortHandle::abort);
         }
-        self.connections.send_modify(|n| *n += 1);
         Ok(())
     }
 
