@@ -8,6 +8,9 @@
 //! target/release/dojo-bench ingress --concurrency 64 --count 100000
 //! target/release/dojo-bench drain --count 100000
 //! target/release/dojo-bench e2e --rate 5000 --seconds 60
+//! target/release/dojo-bench thin --count 50000 --runs 3   # ingress against the thinnest receiver
+//! target/release/dojo-bench feed --clients 500 --locations 50 --rate 2000 --seconds 30
+//! target/release/dojo-bench console --events 1000000
 //! ```
 
 mod baseline;
@@ -77,6 +80,16 @@ enum Command {
         rate: f64,
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+    },
+    /// Ingress against the thinnest durable receiver (bench/src/bin/thin-receiver.rs),
+    /// closed loop, on each route: req/s, p99, and ingress's share of the receiver's rate.
+    Thin {
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// The console's event list with a million stored events: page latency per kind.
     Console {
@@ -168,6 +181,56 @@ async fn ingress_closed(concurrency: usize, count: usize) -> anyhow::Result<(loa
     );
     ingress.stop();
     Ok((report, rss))
+}
+
+/// One closed-loop run of `count` deliveries (all webhooks, or all REST) against the
+/// thin receiver or ingress, each on a fresh vhost.
+async fn closed_run(
+    thin: bool,
+    webhook: bool,
+    concurrency: usize,
+    count: usize,
+) -> anyhow::Result<load::Report> {
+    let services = Services::new().await?;
+    let target = if thin {
+        procs::thin_receiver(&services)?
+    } else {
+        procs::ingress(&services)?
+    };
+    target.ready().await?;
+    let requests = Arc::new(load::prepare(
+        &deliveries(count, 5),
+        procs::SECRET,
+        procs::REST_USER,
+        procs::REST_PASSWORD,
+        if webhook { 0 } else { 1 },
+    ));
+    let report = load::run(&target.url, requests, Mode::Closed { concurrency }).await;
+    target.stop();
+    Ok(report)
+}
+
+async fn thin(concurrency: usize, count: usize, runs: usize) -> anyhow::Result<()> {
+    println!("| route | run | thin receiver req/s | p99 ms | ingress req/s | p99 ms | ingress / thin | errors (thin, ingress) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (route, webhook) in [("webhook", true), ("REST", false)] {
+        for run in 1..=runs {
+            let t = closed_run(true, webhook, concurrency, count).await?;
+            let i = closed_run(false, webhook, concurrency, count).await?;
+            let p99 = |r: &load::Report| r.latency.value_at_quantile(0.99) as f64 / 1000.0;
+            println!(
+                "| {route} | {run} | {:.0} | {:.1} | {:.0} | {:.1} | {:.2} | {}, {} |",
+                t.rate(),
+                p99(&t),
+                i.rate(),
+                p99(&i),
+                i.rate() / t.rate(),
+                t.errors,
+                i.errors
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn ingress_open(rate: f64, seconds: u64) -> anyhow::Result<load::Report> {
@@ -378,6 +441,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Sockets { count } => {
             sockets::idle(count).await?;
+        }
+        Command::Thin {
+            concurrency,
+            count,
+            runs,
+        } => {
+            thin(concurrency, count, runs).await?;
         }
         Command::Console { events, repeat } => {
             console::run(events, repeat).await?;

@@ -70,6 +70,21 @@ pub fn ingress_with(services: &Services, extra: &[(&str, &str)]) -> anyhow::Resu
     })
 }
 
+/// The thinnest durable receiver (`thin-receiver`, the fair ceiling for ingress).
+pub fn thin_receiver(services: &Services) -> anyhow::Result<Proc> {
+    let port = free_port()?;
+    let child = Command::new(bin("thin-receiver")?)
+        .env("THIN_ADDR", format!("127.0.0.1:{port}"))
+        .env("AMQP_URL", services.vhost.amqp_url())
+        .stdout(log_file("thin-receiver"))
+        .spawn()
+        .context("thin-receiver")?;
+    Ok(Proc {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    })
+}
+
 pub fn processor(services: &Services) -> anyhow::Result<Proc> {
     processor_with(services, &[])
 }
