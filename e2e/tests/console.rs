@@ -50,6 +50,30 @@ async fn wait_text(client: &Client, css: &str, wanted: &str, reload: bool) -> St
     .await
 }
 
+/// Dojo's `payment_intent.created` of `pi`, as event `id`, acknowledged by ingress.
+async fn deliver(ingress: &Running, id: &str, pi: &str) {
+    let event = Event::new(id, "payment_intent.created", pi, "Created", Utc::now());
+    let answer = dojo(ingress).webhook(&event.body()).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200, "{id} acknowledged");
+}
+
+/// Waits until the dead-letter queue holds exactly the events `ids`.
+async fn dead_letters_are(amqp: &str, ids: &[&str]) {
+    let mut wanted: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    wanted.sort();
+    wait_until(&format!("dead letters {ids:?}"), PATIENCE, || async {
+        let mut got: Vec<String> = processor::dlq::list(amqp)
+            .await
+            .ok()?
+            .into_iter()
+            .filter_map(|d| d.event_id)
+            .collect();
+        got.sort();
+        (got == wanted).then_some(())
+    })
+    .await;
+}
+
 async fn sign_in(client: &Client, url: &str, (name, token): (&str, &str)) {
     client.goto(&format!("{url}/console/login")).await.unwrap();
     client
@@ -148,6 +172,14 @@ async fn support_staff_find_a_payment_replay_a_repaired_dead_letter_and_viewers_
     let report = simulator::run::run(&scenario, &targets, &options).await;
     assert_eq!(report.failed, 0, "{:?}", report.failures);
     p.settled(report.sent).await;
+    // Every delivery is on record: the first of each event in dojo_events, each later
+    // one in dojo_event_duplicates (written just after its batch's ack).
+    wait_until("every delivery recorded", PATIENCE, || async {
+        let recorded = count(&pool, "SELECT count(*) FROM dojo_events").await
+            + count(&pool, "SELECT count(*) FROM dojo_event_duplicates").await;
+        (recorded == report.sent as i64).then_some(())
+    })
+    .await;
 
     // A payment that was delivered more than once, and its deliveries as stored.
     let pi: String = sqlx::query_scalar(
@@ -260,23 +292,9 @@ async fn support_staff_find_a_payment_replay_a_repaired_dead_letter_and_viewers_
         .execute(&pool)
         .await
         .unwrap();
-    let evil = Event::new(
-        "evt_evil",
-        "payment_intent.created",
-        "pi_evil",
-        "Created",
-        Utc::now(),
-    );
-    let sent = dojo(&ingress).webhook(&evil.body()).await.unwrap();
-    assert_eq!(sent.status().as_u16(), 200);
+    deliver(&ingress, "evt_evil", "pi_evil").await;
     let amqp = services.vhost.amqp_url();
-    wait_until("evt_evil dead-lettered", PATIENCE, || async {
-        let dead = processor::dlq::list(&amqp).await.ok()?;
-        dead.iter()
-            .any(|d| d.event_id.as_deref() == Some("evt_evil"))
-            .then_some(())
-    })
-    .await;
+    dead_letters_are(&amqp, &["evt_evil"]).await;
     client
         .goto(&format!("{url}/console/dead-letters"))
         .await
@@ -354,28 +372,9 @@ async fn support_staff_find_a_payment_replay_a_repaired_dead_letter_and_viewers_
     .execute(&pool)
     .await
     .unwrap();
-    for n in 1..=2 {
-        let e = Event::new(
-            &format!("evt_bulk_{n}"),
-            "payment_intent.created",
-            &format!("pi_bulk_{n}"),
-            "Created",
-            Utc::now(),
-        );
-        assert_eq!(
-            dojo(&ingress)
-                .rest(&e.body())
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-            200
-        );
-    }
-    wait_until("both dead-lettered", PATIENCE, || async {
-        (processor::dlq::list(&amqp).await.ok()?.len() == 2).then_some(())
-    })
-    .await;
+    deliver(&ingress, "evt_bulk_1", "pi_bulk_1").await;
+    deliver(&ingress, "evt_bulk_2", "pi_bulk_2").await;
+    dead_letters_are(&amqp, &["evt_bulk_1", "evt_bulk_2"]).await;
     sqlx::query("ALTER TABLE dojo_events DROP CONSTRAINT no_bulk")
         .execute(&pool)
         .await
@@ -400,26 +399,8 @@ async fn support_staff_find_a_payment_replay_a_repaired_dead_letter_and_viewers_
         .execute(&pool)
         .await
         .unwrap();
-    let late = Event::new(
-        "evt_late",
-        "payment_intent.created",
-        "pi_late",
-        "Created",
-        Utc::now(),
-    );
-    assert_eq!(
-        dojo(&ingress)
-            .rest(&late.body())
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
-    wait_until("evt_late dead-lettered", PATIENCE, || async {
-        (processor::dlq::list(&amqp).await.ok()?.len() == 3).then_some(())
-    })
-    .await;
+    deliver(&ingress, "evt_late", "pi_late").await;
+    dead_letters_are(&amqp, &["evt_bulk_1", "evt_bulk_2", "evt_late"]).await;
     client
         .find(Locator::Id("confirm-replay-all"))
         .await
@@ -506,22 +487,7 @@ async fn support_staff_find_a_payment_replay_a_repaired_dead_letter_and_viewers_
     // The live tail shows a payment as it is committed.
     client.goto(&format!("{url}/console/live")).await.unwrap();
     wait_text(&client, "#live-state", "Following", false).await;
-    let live = Event::new(
-        "evt_live",
-        "payment_intent.created",
-        "pi_live",
-        "Created",
-        Utc::now(),
-    );
-    assert_eq!(
-        dojo(&ingress)
-            .rest(&live.body())
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    deliver(&ingress, "evt_live", "pi_live").await;
     wait_text(&client, "#live tbody", "pi_live", false).await;
     screenshot(&client, "live").await;
 

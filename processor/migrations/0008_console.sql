@@ -2,7 +2,7 @@
 
 -- Deliveries of an event already recorded (the outcome `duplicate`): `dojo_events` keeps
 -- one row per distinct event, this keeps every later delivery of it, for the payment's
--- timeline. Written after the batch's commit, best effort (a lost row loses no event);
+-- timeline. Written after the batch is acked, best effort (a lost row loses no event);
 -- pruned past FEED_RETENTION.
 CREATE TABLE IF NOT EXISTS dojo_event_duplicates (
     id                 bigserial PRIMARY KEY,

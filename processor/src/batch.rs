@@ -130,7 +130,6 @@ pub async fn process(
         // the notification to come back from PostgreSQL.
         worker.feed.wake_sequencer();
     }
-    record_duplicates(worker, &items, &outcomes).await;
     let acking = Instant::now();
     let mut last_ack = None;
     for (item, outcome) in items.iter().zip(&outcomes) {
@@ -158,6 +157,8 @@ pub async fn process(
         }
         stage(worker, "ack", acking);
     }
+    // After the ack: bookkeeping for the console, never in front of the broker's ack.
+    record_duplicates(worker, &items, &outcomes).await;
 }
 
 fn stage(worker: &Worker, name: &str, since: Instant) {
