@@ -43,17 +43,13 @@ impl Browser {
         let url = format!("http://127.0.0.1:{port}");
         // chromedriver answers /status once it listens.
         let http = reqwest::Client::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if http.get(format!("{url}/status")).send().await.is_ok() {
-                break;
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "chromedriver did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let status = format!("{url}/status");
+        crate::wait_until(
+            "chromedriver listening",
+            Duration::from_secs(20),
+            || async { http.get(&status).send().await.ok().map(|_| ()) },
+        )
+        .await;
         let profile =
             std::env::temp_dir().join(format!("console-chromium-{}", uuid::Uuid::new_v4()));
         let mut caps = serde_json::Map::new();

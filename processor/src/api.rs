@@ -49,6 +49,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
 }
 
+/// The longest id-like filter or search accepted (ids, references and orders are
+/// shorter): the feed's filters and the console's.
+pub(crate) const MAX_FILTER: usize = 255;
+
+/// Whether `value` can be looked up as an id, reference or order: at most
+/// [`MAX_FILTER`] bytes and no NUL (PostgreSQL text cannot hold one, and would answer
+/// an error instead of "nothing").
+pub(crate) fn valid_filter(value: &str) -> bool {
+    value.len() <= MAX_FILTER && !value.contains('\0')
+}
+
 /// A JSON answer ending with a newline.
 pub(crate) fn json_line(mut builder: HttpResponseBuilder, value: &impl Serialize) -> HttpResponse {
     builder

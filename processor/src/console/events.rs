@@ -119,14 +119,13 @@ fn push_location(b: &mut QueryBuilder<'_, Postgres>, worker: &Worker, location: 
     true
 }
 
-/// The longest filter or search text accepted (ids, references and orders are short).
-pub const MAX_TEXT: usize = 255;
-
-/// `Err`: what is wrong with a filter no row can match (NUL, or too long), for the user.
+/// `Err`: what is wrong with a filter no row can match (NUL, or too long), for the user
+/// (the same rule as the feed's filters: `crate::api::valid_filter`).
 pub fn check_text(name: &str, value: &str) -> Result<(), String> {
-    if value.len() > MAX_TEXT || value.contains('\0') {
+    if !crate::api::valid_filter(value) {
         return Err(format!(
-            "{name}: at most {MAX_TEXT} characters, without NUL; ids, references and orders are shorter."
+            "{name}: at most {} characters, without NUL; ids, references and orders are shorter.",
+            crate::api::MAX_FILTER
         ));
     }
     Ok(())

@@ -3,7 +3,7 @@
 //! location, a location's `feed_tokens` only that location.
 
 use super::store::{self, Filter, Page, PaymentUpdate};
-use crate::api::{constant_time_eq, error, json_line};
+use crate::api::{constant_time_eq, error, json_line, valid_filter, MAX_FILTER};
 use crate::Worker;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -143,12 +143,9 @@ fn filter(scope: &Scope, q: &FeedQuery) -> Result<Filter, Refusal> {
         ("paymentIntentId", &q.payment_intent_id),
         ("orderId", &q.order_id),
     ] {
-        if value
-            .as_deref()
-            .is_some_and(|v| v.len() > 255 || v.contains('\0'))
-        {
+        if value.as_deref().is_some_and(|v| !valid_filter(v)) {
             return Err(Refusal::Invalid(format!(
-                "`{name}` must be at most 255 bytes, without NUL"
+                "`{name}` must be at most {MAX_FILTER} bytes, without NUL"
             )));
         }
     }
