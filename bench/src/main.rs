@@ -190,7 +190,7 @@ async fn closed_run(
     webhook: bool,
     concurrency: usize,
     count: usize,
-) -> anyhow::Result<load::Report> {
+) -> anyhow::Result<(load::Report, Cpu)> {
     let services = Services::new().await?;
     let target = if thin {
         procs::thin_receiver(&services)?
@@ -205,28 +205,69 @@ async fn closed_run(
         procs::REST_PASSWORD,
         if webhook { 0 } else { 1 },
     ));
+    let before = Cpu::now(&target);
     let report = load::run(&target.url, requests, Mode::Closed { concurrency }).await;
+    let cpu = Cpu::now(&target).minus(&before);
     target.stop();
-    Ok(report)
+    Ok((report, cpu))
+}
+
+/// CPU seconds used by the receiver under test, the broker and the load generator.
+#[derive(Clone, Copy)]
+struct Cpu {
+    receiver: f64,
+    broker: f64,
+    load: f64,
+}
+
+impl Cpu {
+    fn now(receiver: &procs::Proc) -> Self {
+        Self {
+            receiver: receiver.cpu_seconds(),
+            broker: procs::broker_cpu_seconds(),
+            load: procs::cpu_seconds("self"),
+        }
+    }
+
+    fn minus(&self, earlier: &Self) -> Self {
+        Self {
+            receiver: self.receiver - earlier.receiver,
+            broker: self.broker - earlier.broker,
+            load: self.load - earlier.load,
+        }
+    }
+
+    /// Microseconds of CPU per request of each: receiver / broker / load generator.
+    fn per_request(&self, requests: usize) -> String {
+        let us = |s: f64| s * 1e6 / requests.max(1) as f64;
+        format!(
+            "{:.0} / {:.0} / {:.0}",
+            us(self.receiver),
+            us(self.broker),
+            us(self.load)
+        )
+    }
 }
 
 async fn thin(concurrency: usize, count: usize, runs: usize) -> anyhow::Result<()> {
-    println!("| route | run | thin receiver req/s | p99 ms | ingress req/s | p99 ms | ingress / thin | errors (thin, ingress) |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| route | run | thin receiver req/s | p99 ms | ingress req/s | p99 ms | ingress / thin | errors (thin, ingress) | CPU µs per request, thin: receiver / broker / load | ingress: receiver / broker / load |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (route, webhook) in [("webhook", true), ("REST", false)] {
         for run in 1..=runs {
-            let t = closed_run(true, webhook, concurrency, count).await?;
-            let i = closed_run(false, webhook, concurrency, count).await?;
+            let (t, t_cpu) = closed_run(true, webhook, concurrency, count).await?;
+            let (i, i_cpu) = closed_run(false, webhook, concurrency, count).await?;
             let p99 = |r: &load::Report| r.latency.value_at_quantile(0.99) as f64 / 1000.0;
             println!(
-                "| {route} | {run} | {:.0} | {:.1} | {:.0} | {:.1} | {:.2} | {}, {} |",
+                "| {route} | {run} | {:.0} | {:.1} | {:.0} | {:.1} | {:.2} | {}, {} | {} | {} |",
                 t.rate(),
                 p99(&t),
                 i.rate(),
                 p99(&i),
                 i.rate() / t.rate(),
                 t.errors,
-                i.errors
+                i.errors,
+                t_cpu.per_request(t.ok + t.errors),
+                i_cpu.per_request(i.ok + i.errors),
             );
         }
     }

@@ -139,6 +139,11 @@ impl Proc {
         self.status_mib("VmRSS:")
     }
 
+    /// CPU time used so far (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(&self.child.id().to_string())
+    }
+
     fn status_mib(&self, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -170,6 +175,38 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
     }
+}
+
+/// CPU time (user + system, in seconds) of the process `pid` (a number or `self`), from
+/// `/proc/<pid>/stat` (proc(5): fields 14 and 15, in clock ticks of 1/100 s); 0 if gone.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; the fields after it are plain.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let field = |n: usize| {
+        after
+            .split_whitespace()
+            .nth(n - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (field(14) + field(15)) / 100.0
+}
+
+/// CPU time (seconds) of every RabbitMQ node on the machine (`beam.smp` processes).
+pub fn broker_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "beam.smp")
+        })
+        .map(|pid| cpu_seconds(&pid))
+        .sum()
 }
 
 /// The `_sum` and `_count` of a Prometheus histogram (with these labels) in a page.
