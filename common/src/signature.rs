@@ -20,24 +20,30 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", pairs.join("-"))
 }
 
-/// Decodes a header value into the 32 digest bytes; `None` if it is not in Dojo's format.
-/// Hex digits are accepted in either case; the `sha256=` prefix is case-insensitive.
+/// Decodes a header value into the 32 digest bytes; `None` if it is not in Dojo's format
+/// (`sha256=` then 32 hex byte pairs joined by `-`, dojo-api.md §2b). Hex digits are
+/// accepted in either case; the `sha256=` prefix is case-insensitive; surrounding
+/// whitespace is ignored.
 fn decode(header: &str) -> Option<[u8; 32]> {
-    let header = header.trim();
-    let (scheme, hex) = header.split_once('=')?;
-    if !scheme.eq_ignore_ascii_case("sha256") {
+    let header = header.trim().as_bytes();
+    const PREFIX: &[u8] = b"sha256=";
+    // 32 pairs and the 31 dashes between them.
+    if header.len() != PREFIX.len() + 32 * 3 - 1
+        || !header[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
+    {
         return None;
     }
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let mut out = [0u8; 32];
-    let mut n = 0;
-    for pair in hex.split('-') {
-        if n == 32 || pair.len() != 2 {
-            return None;
+    for (i, chunk) in header[PREFIX.len()..].chunks(3).enumerate() {
+        if let [_, _, sep] = chunk {
+            if *sep != b'-' {
+                return None;
+            }
         }
-        out[n] = u8::from_str_radix(pair, 16).ok()?;
-        n += 1;
+        out[i] = nibble(chunk[0])? << 4 | nibble(chunk[1])?;
     }
-    (n == 32).then_some(out)
+    Some(out)
 }
 
 /// True if `header` is a valid signature of `body` under any of `secrets` (rotation).
@@ -104,6 +110,11 @@ mod tests {
             &header[..header.len() - 3],
             &format!("{header}-00"),
             "sha256=ZZ-AC-93-67-D6-8B-69-6D-15-A2-C2-45-40-98-B5-E7-64-72-38-C5-1F-6D-32-D0-5F-CB-91-20-A9-20-64-F4",
+            // The right length, but a sign, a wrong separator, or a non-ASCII digit.
+            &header.replacen("94-", "+9-", 1),
+            &header.replacen("94-", "94:", 1),
+            &header.replacen("-F4", "-é", 1),
+            &header.replacen("sha256=", "sha256:", 1),
         ] {
             assert!(!verify(&[secret], BODY.as_bytes(), bad), "{bad}");
         }

@@ -15,11 +15,13 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use rand::RngCore;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter};
@@ -100,6 +102,7 @@ pub fn init(service: &str) -> Result<Telemetry, String> {
         .json()
         .with_current_span(true)
         .with_span_list(false)
+        .fmt_fields(AppendJsonFields)
         .with_writer(std::io::stdout);
     let endpoint = [
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -144,20 +147,129 @@ pub fn init_logging() {
         .json()
         .with_current_span(true)
         .with_span_list(false)
+        .fmt_fields(AppendJsonFields)
         .with_env_filter(filter)
         .with_writer(std::io::stdout)
         .try_init();
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::rng().fill_bytes(&mut buf);
-    hex::encode(buf)
+/// A span's fields as one JSON object (what the JSON log lines show under `span`), grown
+/// by appending when a field is recorded later.
+///
+/// tracing-subscriber's own `JsonFields` collects the fields into a map of JSON values
+/// and, on every `Span::record`, parses the object and writes it again: with the ids
+/// recorded on two spans per delivery, that was the largest single cost of an ingress
+/// request (about a fifth of its instructions; docs/PERFORMANCE.md, "Against the
+/// thinnest receiver"). Here each field is written straight as `"name":value` (strings
+/// and `Debug` values as JSON strings, integers and booleans as themselves), and a record
+/// splices the new fields in before the closing brace. A field recorded twice appears
+/// twice; readers of the object (the JSON event formatter among them) keep the last value.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AppendJsonFields;
+
+impl<'writer> FormatFields<'writer> for AppendJsonFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut object = String::from("{");
+        fields.record(&mut AppendJson(&mut object));
+        object.push('}');
+        writer.write_str(&object)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let object = &mut current.fields;
+        if object.is_empty() {
+            object.push('{');
+        } else if object.ends_with('}') {
+            object.pop();
+        } else {
+            return Err(std::fmt::Error);
+        }
+        fields.record(&mut AppendJson(object));
+        object.push('}');
+        Ok(())
+    }
 }
 
-/// A new random 16-byte trace id, as 32 lowercase hex digits.
+/// Appends `"name":value` pairs to an open JSON object (for [`AppendJsonFields`]).
+struct AppendJson<'a>(&'a mut String);
+
+impl AppendJson<'_> {
+    fn key(&mut self, field: &tracing::field::Field) {
+        if !self.0.ends_with('{') {
+            self.0.push(',');
+        }
+        self.string(field.name());
+        self.0.push(':');
+    }
+
+    fn string(&mut self, value: &str) {
+        // Serialising a `str` cannot fail.
+        self.0
+            .push_str(&serde_json::to_string(value).expect("a string serialises"));
+    }
+}
+
+impl tracing::field::Visit for AppendJson<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.key(field);
+        self.string(value);
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.key(field);
+        self.0.push_str(&value.to_string());
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.key(field);
+        self.0.push_str(&value.to_string());
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.key(field);
+        self.0.push_str(if value { "true" } else { "false" });
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.key(field);
+        match serde_json::Number::from_f64(value) {
+            Some(n) => self.0.push_str(&n.to_string()),
+            None => self.string(&value.to_string()),
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.key(field);
+        self.string(&format!("{value:?}"));
+    }
+}
+
+/// A new random 16-byte trace id, as 32 lowercase hex digits (never all zeros, W3C
+/// Trace Context §3.2.2.3).
 pub fn new_trace_id() -> String {
-    random_hex(16)
+    format!("{:032x}", nonzero(rand::random::<u128>))
+}
+
+/// A new random 8-byte span id, as 16 lowercase hex digits (never all zeros).
+fn new_span_id() -> String {
+    format!("{:016x}", nonzero(rand::random::<u64>))
+}
+
+fn nonzero<T: PartialEq + Default>(draw: impl Fn() -> T) -> T {
+    loop {
+        let v = draw();
+        if v != T::default() {
+            return v;
+        }
+    }
 }
 
 /// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
@@ -178,7 +290,7 @@ pub fn trace_id_from_traceparent(value: &str) -> Option<String> {
 
 /// A `traceparent` for a new span in `trace_id` (sampled).
 pub fn traceparent(trace_id: &str) -> String {
-    format!("00-{trace_id}-{}-01", random_hex(8))
+    format!("00-{trace_id}-{}-01", new_span_id())
 }
 
 /// The ids of a span, as logged and as passed on.
@@ -193,14 +305,22 @@ impl Ids {
     pub fn traceparent(&self) -> String {
         format!("00-{}-{}-01", self.trace_id, self.span_id)
     }
+
+    /// Ids for a child span made here (no span export): the same trace, a new span id.
+    pub fn child(&self) -> Ids {
+        Ids {
+            trace_id: self.trace_id.clone(),
+            span_id: new_span_id(),
+        }
+    }
 }
 
 /// Makes `span` part of the trace of `parent` (a `traceparent`; a new trace when `None`
 /// or invalid), and records its `trace_id` and `span_id` fields (declare them `Empty`).
 /// Call before the span is first entered.
 pub fn adopt(span: &tracing::Span, parent: Option<&str>) -> Ids {
-    let parent = parent.filter(|p| trace_id_from_traceparent(p).is_some());
     let ids = if exporting() {
+        let parent = parent.filter(|p| trace_id_from_traceparent(p).is_some());
         if let Some(p) = parent {
             let carrier = HashMap::from([("traceparent".to_owned(), p.to_owned())]);
             let _ = span.set_parent(TraceContextPropagator::new().extract(&carrier));
@@ -212,21 +332,34 @@ pub fn adopt(span: &tracing::Span, parent: Option<&str>) -> Ids {
             span_id: sc.span_id().to_string(),
         }
     } else {
-        Ids {
-            trace_id: parent
-                .and_then(trace_id_from_traceparent)
-                .unwrap_or_else(new_trace_id),
-            span_id: random_hex(8),
-        }
+        continue_trace(parent)
     };
     span.record("trace_id", ids.trace_id.as_str());
     span.record("span_id", ids.span_id.as_str());
     ids
 }
 
+/// Ids for a new span, made here (no span export): in the trace of `parent` (a W3C
+/// `traceparent`) when it is valid, else in a new trace. For a span that takes them as
+/// fields when it is created, rather than recording them after ([`adopt`]).
+pub fn continue_trace(parent: Option<&str>) -> Ids {
+    Ids {
+        trace_id: parent
+            .and_then(trace_id_from_traceparent)
+            .unwrap_or_else(new_trace_id),
+        span_id: new_span_id(),
+    }
+}
+
 /// [`adopt`] for a child of the current span, in the same trace as `parent_ids`.
 pub fn adopt_child(span: &tracing::Span, parent_ids: &Ids) -> Ids {
-    adopt(span, Some(&parent_ids.traceparent()))
+    if exporting() {
+        return adopt(span, Some(&parent_ids.traceparent()));
+    }
+    let ids = parent_ids.child();
+    span.record("trace_id", ids.trace_id.as_str());
+    span.record("span_id", ids.span_id.as_str());
+    ids
 }
 
 #[cfg(test)]
@@ -249,6 +382,85 @@ mod tests {
         ] {
             assert_eq!(trace_id_from_traceparent(bad), None, "{bad}");
         }
+    }
+
+    /// The log lines of `body`, run under the services' JSON log format, parsed.
+    fn json_lines(body: impl FnOnce()) -> Vec<serde_json::Value> {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .fmt_fields(AppendJsonFields)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, body);
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("each log line is JSON"))
+            .collect()
+    }
+
+    #[test]
+    fn log_lines_carry_span_fields_recorded_after_the_span_began() {
+        use tracing::field::Empty;
+        let lines = json_lines(|| {
+            let span = tracing::info_span!(
+                "delivery",
+                attempt = 3u64,
+                delta = -2i64,
+                ratio = 0.5f64,
+                sampled = true,
+                kind = ?Some("a\\b"),
+                channel = "webhook",
+                location = Empty,
+                trace_id = Empty,
+                span_id = Empty
+            );
+            let ids = adopt(
+                &span,
+                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            );
+            span.record("location", "the \"quoted\" one");
+            span.in_scope(|| tracing::info!("first"));
+            let child = tracing::info_span!("publish", trace_id = Empty, span_id = Empty);
+            let child_ids = adopt_child(&child, &ids);
+            child.in_scope(|| tracing::info!("second"));
+            span.record("location", "renamed");
+            span.in_scope(|| tracing::info!("third"));
+            assert_eq!(child_ids.trace_id, ids.trace_id);
+            assert_ne!(child_ids.span_id, ids.span_id);
+        });
+        assert_eq!(lines.len(), 3);
+        let span = |i: usize| &lines[i]["span"];
+        assert_eq!(span(0)["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(span(0)["channel"], "webhook");
+        assert_eq!(span(0)["attempt"], 3);
+        assert_eq!(span(0)["delta"], -2);
+        assert_eq!(span(0)["ratio"], 0.5);
+        assert_eq!(span(0)["sampled"], true);
+        assert_eq!(span(0)["kind"], "Some(\"a\\\\b\")");
+        assert_eq!(span(0)["location"], "the \"quoted\" one");
+        assert_eq!(span(0)["span_id"].as_str().unwrap().len(), 16);
+        assert_eq!(span(1)["name"], "publish");
+        assert_eq!(span(1)["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(span(1)["span_id"], span(0)["span_id"]);
+        // Recorded again: the latest value is the one a reader sees.
+        assert_eq!(span(2)["location"], "renamed");
+        assert_eq!(span(2)["span_id"], span(0)["span_id"]);
     }
 
     #[test]

@@ -13,7 +13,6 @@ use common::locations::Location;
 use common::telemetry::{adopt_child, Ids};
 use common::topology;
 use common::{Channel, DojoEvent, Envelope, RequestorHeaders, ValidationError};
-use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::field::Empty;
@@ -42,35 +41,45 @@ pub struct Intake {
     pub metrics: Arc<Metrics>,
 }
 
-/// Declares the span of one delivery on a channel (a server span of Dojo's request).
-#[macro_export]
-macro_rules! delivery_span {
-    ($name:expr, $channel:expr) => {
-        if common::telemetry::exporting() {
-            tracing::info_span!(
-                "delivery",
-                otel.name = $name,
-                otel.kind = "server",
-                otel.status_code = tracing::field::Empty,
-                dojo.channel = $channel,
-                dojo.event.id = tracing::field::Empty,
-                dojo.event.type = tracing::field::Empty,
-                dojo.account.id = tracing::field::Empty,
-                dojo.payment_intent.id = tracing::field::Empty,
-                dojo.answer = tracing::field::Empty,
-                location = tracing::field::Empty,
-                trace_id = tracing::field::Empty,
-                span_id = tracing::field::Empty,
-            )
-        } else {
-            tracing::info_span!(
-                "delivery",
-                location = tracing::field::Empty,
-                trace_id = tracing::field::Empty,
-                span_id = tracing::field::Empty
-            )
-        }
-    };
+/// The span of one delivery on a channel (a server span of Dojo's request), continuing
+/// `incoming` (a W3C `traceparent`, when Dojo sent one), and its ids.
+///
+/// Without span export the span carries only what the logs need, given at creation
+/// (`trace_id`, `span_id`, and `location` once known): each field recorded later costs a
+/// formatting step on every request.
+pub fn delivery_span(
+    name: &'static str,
+    channel: &'static str,
+    incoming: Option<&str>,
+) -> (tracing::Span, Ids) {
+    if common::telemetry::exporting() {
+        let span = tracing::info_span!(
+            "delivery",
+            otel.name = name,
+            otel.kind = "server",
+            otel.status_code = Empty,
+            dojo.channel = channel,
+            dojo.event.id = Empty,
+            dojo.event.type = Empty,
+            dojo.account.id = Empty,
+            dojo.payment_intent.id = Empty,
+            dojo.answer = Empty,
+            location = Empty,
+            trace_id = Empty,
+            span_id = Empty,
+        );
+        let ids = common::telemetry::adopt(&span, incoming);
+        (span, ids)
+    } else {
+        let ids = common::telemetry::continue_trace(incoming);
+        let span = tracing::info_span!(
+            "delivery",
+            location = Empty,
+            trace_id = ids.trace_id.as_str(),
+            span_id = ids.span_id.as_str()
+        );
+        (span, ids)
+    }
 }
 
 impl Intake {
@@ -87,7 +96,11 @@ impl Intake {
         if body.len() > MAX_EVENT {
             return Err(AcceptError::TooLarge);
         }
-        let event = DojoEvent::from_json(body)?;
+        // UTF-8 first: the envelope carries the body as text (and JSON must be UTF-8,
+        // RFC 8259 §8.1), so nothing acknowledged can fail to parse downstream.
+        let text = std::str::from_utf8(body)
+            .map_err(|e| ValidationError(format!("body is not valid UTF-8: {e}")))?;
+        let event = DojoEvent::from_json(text.as_bytes())?;
         if !location.owns_account(&event.account_id) {
             self.metrics
                 .wrong_account
@@ -105,14 +118,13 @@ impl Intake {
         if let Some(pi) = &event.data.payment_intent_id {
             delivery.record("dojo.payment_intent.id", pi.as_str());
         }
-        let raw: &RawValue = serde_json::from_slice(body)
-            .map_err(|e| ValidationError(format!("body is not valid JSON: {e}")))?;
-        let message = Envelope::new(channel, headers, raw)
-            .at_location(&location.id)
-            .to_bytes();
+        // `from_json` parsed the whole body as one JSON value: it goes in as it came.
+        let message = Envelope::wrap(channel, headers, &location.id, text);
         let routing_key = topology::routing_key(event.event.as_str());
-        let span = if common::telemetry::exporting() {
-            tracing::info_span!(
+        // Without span export the publish step has no span of its own (nothing logs
+        // inside it); its ids still continue the trace in the AMQP headers.
+        let (span, ids) = if common::telemetry::exporting() {
+            let span = tracing::info_span!(
                 "publish",
                 otel.name = "publish dojo.events",
                 otel.kind = "producer",
@@ -125,11 +137,12 @@ impl Intake {
                 messaging.message.body.size = message.len(),
                 trace_id = Empty,
                 span_id = Empty,
-            )
+            );
+            let ids = adopt_child(&span, parent);
+            (span, ids)
         } else {
-            tracing::info_span!("publish", trace_id = Empty, span_id = Empty)
+            (tracing::Span::none(), parent.child())
         };
-        let ids = adopt_child(&span, parent);
         let started = Instant::now();
         let published = self
             .publisher

@@ -16,7 +16,7 @@ use crate::metrics::{NO_LOCATION, UNKNOWN_LOCATION};
 use crate::State;
 use actix_web::{web, HttpRequest, HttpResponse};
 use common::locations::Location;
-use common::telemetry::{adopt, Ids};
+use common::telemetry::Ids;
 use common::{Channel, RequestorHeaders};
 use futures::StreamExt;
 use std::cell::RefCell;
@@ -84,12 +84,11 @@ where
     Fut: Future<Output = Result<HttpResponse, ApiError>>,
 {
     let started = Instant::now();
-    let span = crate::delivery_span!(name, channel.as_str());
     let incoming = req
         .headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok());
-    let ids = adopt(&span, incoming);
+    let (span, ids) = crate::accept::delivery_span(name, channel.as_str(), incoming);
     let result = inner(ids.clone(), tenant).instrument(span.clone()).await;
     let _inside = span.enter();
     let (response, answer) = match result {

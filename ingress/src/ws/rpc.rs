@@ -5,7 +5,7 @@
 
 use crate::accept::{AcceptError, Intake};
 use common::locations::Location;
-use common::telemetry::{adopt, Ids};
+use common::telemetry::Ids;
 use common::{Channel, EposError, ErrorType, RequestorHeaders};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -103,9 +103,8 @@ fn split_params(params: &RawValue) -> Result<(Vec<u8>, RequestorHeaders), String
 /// without an `id`); those are logged, and the socket carries on.
 pub async fn handle(intake: &Intake, frame: &str, location: &Location) -> Option<String> {
     let started = Instant::now();
-    let span = crate::delivery_span!("HandleEventV1", "ws");
+    let (span, ids) = crate::accept::delivery_span("HandleEventV1", "ws", None);
     span.record("location", location.id.as_str());
-    let ids = adopt(&span, None);
     let (reply, answer) = answer(intake, frame, &ids, location)
         .instrument(span.clone())
         .await;
