@@ -61,6 +61,8 @@ pub enum Mode {
 }
 
 pub struct Report {
+    /// One entry per second of the run, by when each request was answered.
+    pub per_second: Vec<Second>,
     pub sent: usize,
     pub ok: usize,
     pub errors: usize,
@@ -68,6 +70,45 @@ pub struct Report {
     pub latency: Histogram<u64>,
     /// When each delivery was acknowledged (200), by index.
     pub acked_at: Vec<Option<SystemTime>>,
+}
+
+/// What one second of a run saw: answers (200) and errors completed in it, and the
+/// acknowledgement latency of its answers, in milliseconds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Second {
+    /// Seconds since the run started (0 is the first).
+    pub second: usize,
+    pub ok: usize,
+    pub errors: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Buckets `(second, latency or None for an error)` samples into [`Second`]s.
+fn per_second(samples: &[(usize, Option<Duration>)]) -> Vec<Second> {
+    let seconds = samples.iter().map(|(s, _)| s + 1).max().unwrap_or(0);
+    let mut buckets: Vec<(Histogram<u64>, usize)> =
+        (0..seconds).map(|_| (histogram(), 0)).collect();
+    for (second, latency) in samples {
+        match latency {
+            Some(l) => record(&mut buckets[*second].0, *l),
+            None => buckets[*second].1 += 1,
+        }
+    }
+    let ms = |v: u64| v as f64 / 1000.0;
+    buckets
+        .into_iter()
+        .enumerate()
+        .map(|(second, (h, errors))| Second {
+            second,
+            ok: h.len() as usize,
+            errors,
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        })
+        .collect()
 }
 
 impl Report {
@@ -130,6 +171,7 @@ pub async fn run(url: &str, requests: Arc<Vec<Prepared>>, mode: Mode) -> Report 
     let addr = url.trim_start_matches("http://").to_owned();
     let acked = Arc::new(Mutex::new(vec![None; requests.len()]));
     let latency = Arc::new(Mutex::new(histogram()));
+    let samples = Arc::new(Mutex::new(Vec::with_capacity(requests.len())));
     let errors = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers = match mode {
@@ -140,11 +182,12 @@ pub async fn run(url: &str, requests: Arc<Vec<Prepared>>, mode: Mode) -> Report 
     let next = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..workers)
         .map(|_| {
-            let (addr, requests, acked, latency, errors, next) = (
+            let (addr, requests, acked, latency, samples, errors, next) = (
                 addr.clone(),
                 requests.clone(),
                 acked.clone(),
                 latency.clone(),
+                samples.clone(),
                 errors.clone(),
                 next.clone(),
             );
@@ -154,6 +197,7 @@ pub async fn run(url: &str, requests: Arc<Vec<Prepared>>, mode: Mode) -> Report 
             };
             tokio::spawn(async move {
                 let mut local = histogram();
+                let mut seen = Vec::new();
                 let mut sender = None;
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -168,14 +212,20 @@ pub async fn run(url: &str, requests: Arc<Vec<Prepared>>, mode: Mode) -> Report 
                         }
                         None => Instant::now(),
                     };
-                    if send(&mut sender, &addr, &requests[i]).await {
-                        record(&mut local, scheduled.elapsed());
+                    let ok = send(&mut sender, &addr, &requests[i]).await;
+                    let second = started.elapsed().as_secs() as usize;
+                    if ok {
+                        let took = scheduled.elapsed();
+                        record(&mut local, took);
+                        seen.push((second, Some(took)));
                         acked.lock().unwrap()[i] = Some(SystemTime::now());
                     } else {
+                        seen.push((second, None));
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 latency.lock().unwrap().add(&local).ok();
+                samples.lock().unwrap().extend(seen);
             })
         })
         .collect();
@@ -186,7 +236,9 @@ pub async fn run(url: &str, requests: Arc<Vec<Prepared>>, mode: Mode) -> Report 
     let errors = errors.load(Ordering::Relaxed);
     let latency = latency.lock().unwrap().clone();
     let acked_at = acked.lock().unwrap().clone();
+    let per_second = per_second(&samples.lock().unwrap());
     Report {
+        per_second,
         sent: requests.len(),
         ok: requests.len() - errors,
         errors,

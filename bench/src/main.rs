@@ -7,8 +7,9 @@
 //! target/release/dojo-bench all            # everything, then one table
 //! target/release/dojo-bench ingress --concurrency 64 --count 100000
 //! target/release/dojo-bench drain --count 100000
-//! target/release/dojo-bench e2e --rate 5000 --seconds 60
-//! target/release/dojo-bench thin --count 50000 --runs 3   # ingress against the thinnest receiver
+//! target/release/dojo-bench e2e --rate 5000 --seconds 60 --json e2e.json
+//! target/release/dojo-bench thin --count 50000 --runs 3 --json thin.json   # against the thinnest receiver
+//! bench/plot.py e2e.json thin.json --out docs/bench   # PNG plots of those files
 //! target/release/dojo-bench feed --clients 500 --locations 50 --rate 2000 --seconds 30
 //! target/release/dojo-bench console --events 1000000
 //! ```
@@ -90,6 +91,9 @@ enum Command {
         count: usize,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Also write the runs as JSON to this file (for bench/plot.py).
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
     /// The console's event list with a million stored events: page latency per kind.
     Console {
@@ -104,7 +108,20 @@ enum Command {
         rate: f64,
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Also write the figures and the per-second series as JSON to this file (for
+        /// bench/plot.py).
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
     },
+}
+
+/// Writes `value` as pretty JSON to `path`, when one was given.
+fn write_json(path: Option<&std::path::Path>, value: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_string_pretty(value)?)?;
+        println!("figures written to {}", path.display());
+    }
+    Ok(())
 }
 
 struct Limits {
@@ -249,7 +266,13 @@ impl Cpu {
     }
 }
 
-async fn thin(concurrency: usize, count: usize, runs: usize) -> anyhow::Result<()> {
+async fn thin(
+    concurrency: usize,
+    count: usize,
+    runs: usize,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
     println!("| route | run | thin receiver req/s | p99 ms | ingress req/s | p99 ms | ingress / thin | errors (thin, ingress) | CPU µs per request, thin: receiver / broker / load | ingress: receiver / broker / load |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for (route, webhook) in [("webhook", true), ("REST", false)] {
@@ -269,9 +292,25 @@ async fn thin(concurrency: usize, count: usize, runs: usize) -> anyhow::Result<(
                 t_cpu.per_request(t.ok + t.errors),
                 i_cpu.per_request(i.ok + i.errors),
             );
+            rows.push(serde_json::json!({
+                "route": route,
+                "run": run,
+                "thin": {"rate": t.rate(), "p99_ms": p99(&t), "errors": t.errors},
+                "ingress": {"rate": i.rate(), "p99_ms": p99(&i), "errors": i.errors},
+                "ratio": i.rate() / t.rate(),
+            }));
         }
     }
-    Ok(())
+    write_json(
+        json,
+        &serde_json::json!({
+            "bench": "thin",
+            "date": chrono::Utc::now().to_rfc3339(),
+            "concurrency": concurrency,
+            "count": count,
+            "runs": rows,
+        }),
+    )
 }
 
 async fn ingress_open(rate: f64, seconds: u64) -> anyhow::Result<load::Report> {
@@ -392,7 +431,11 @@ async fn drain(count: usize) -> anyhow::Result<(f64, String, f64)> {
     Ok((rate, detail, rss))
 }
 
-async fn end_to_end(rate: f64, seconds: u64) -> anyhow::Result<(f64, f64, f64, f64)> {
+async fn end_to_end(
+    rate: f64,
+    seconds: u64,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<(f64, f64, f64, f64)> {
     let services = Services::new().await?;
     let ingress = procs::ingress(&services)?;
     let processor = procs::processor(&services)?;
@@ -444,6 +487,26 @@ async fn end_to_end(rate: f64, seconds: u64) -> anyhow::Result<(f64, f64, f64, f
         "end to end at {rate:.0}/s for {seconds} s: {} sent, {} acknowledged, {} errors, {} distinct acknowledged, {} committed ({} rows per event at most: primary key), {lost} lost; ack {}; ack to commit {}; peak RSS ingress {ingress_rss:.0} MiB, processor {processor_rss:.0} MiB",
         report.sent, report.ok, report.errors, first_ack.len(), rows.len(), 1, percentiles(&report.latency), percentiles(&lag)
     );
+    let ms = |v: u64| v as f64 / 1000.0;
+    write_json(
+        json,
+        &serde_json::json!({
+            "bench": "e2e",
+            "date": chrono::Utc::now().to_rfc3339(),
+            "rate": rate,
+            "seconds": seconds,
+            "sent": report.sent,
+            "acknowledged": report.ok,
+            "errors": report.errors,
+            "distinct_acknowledged": first_ack.len(),
+            "committed": rows.len(),
+            "lost": lost,
+            "ack_ms": {"p50": ms(report.latency.value_at_quantile(0.5)), "p99": ms(report.latency.value_at_quantile(0.99)), "max": ms(report.latency.max())},
+            "ack_to_commit_ms": {"p50": ms(lag.value_at_quantile(0.5)), "p99": ms(lag.value_at_quantile(0.99)), "max": ms(lag.max())},
+            "peak_rss_mib": {"ingress": ingress_rss, "processor": processor_rss},
+            "per_second": report.per_second,
+        }),
+    )?;
     ingress.stop();
     processor.stop();
     Ok((
@@ -469,8 +532,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Drain { count } => {
             drain(count).await?;
         }
-        Command::E2e { rate, seconds } => {
-            end_to_end(rate, seconds).await?;
+        Command::E2e {
+            rate,
+            seconds,
+            json,
+        } => {
+            end_to_end(rate, seconds, json.as_deref()).await?;
         }
         Command::Feed {
             clients,
@@ -487,8 +554,9 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             count,
             runs,
+            json,
         } => {
-            thin(concurrency, count, runs).await?;
+            thin(concurrency, count, runs, json.as_deref()).await?;
         }
         Command::Console { events, repeat } => {
             console::run(events, repeat).await?;
@@ -499,7 +567,7 @@ async fn main() -> anyhow::Result<()> {
             let open = ingress_open(5000.0, 20).await?;
             let (drained, detail, processor_rss) = drain(100_000).await?;
             let (lag_p99, e2e_rate, e2e_ingress_rss, e2e_processor_rss) =
-                end_to_end(5000.0, e2e_seconds).await?;
+                end_to_end(5000.0, e2e_seconds, None).await?;
             let processor_limit = limits.consume.min(limits.postgres);
             let limit_name = if limits.consume < limits.postgres {
                 "raw consume and ack"

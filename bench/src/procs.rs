@@ -92,7 +92,16 @@ pub fn processor(services: &Services) -> anyhow::Result<Proc> {
 /// The processor with more (or overriding) environment variables.
 pub fn processor_with(services: &Services, extra: &[(&str, &str)]) -> anyhow::Result<Proc> {
     let port = free_port()?;
-    let child = Command::new(bin("processor")?)
+    // BENCH_PROCESSOR_NICE=N runs it under `nice -n N` (CPU priority below ingress's).
+    let mut command = match std::env::var("BENCH_PROCESSOR_NICE") {
+        Ok(n) => {
+            let mut c = Command::new("nice");
+            c.args(["-n", &n]).arg(bin("processor")?);
+            c
+        }
+        Err(_) => Command::new(bin("processor")?),
+    };
+    let child = command
         .envs(extra.iter().copied())
         .env("PROCESSOR_ADDR", format!("127.0.0.1:{port}"))
         .env("AMQP_URL", services.vhost.amqp_url())
