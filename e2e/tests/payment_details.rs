@@ -212,7 +212,7 @@ async fn a_status_no_event_explains_is_repaired_once_by_the_details_fetch() {
     }
     let repairs = count(
         &pool,
-        "SELECT count(*) FROM dojo_events WHERE channel = 'reconcile'",
+        "SELECT count(*) FROM dojo_events WHERE channel = 'reconcile' AND outcome = 'applied'",
     )
     .await;
     // Every intent fetched again: nothing more to repair, nothing recorded twice.
@@ -230,7 +230,7 @@ async fn a_status_no_event_explains_is_repaired_once_by_the_details_fetch() {
     .await;
     let again = count(
         &pool,
-        "SELECT count(*) FROM dojo_events WHERE channel = 'reconcile'",
+        "SELECT count(*) FROM dojo_events WHERE channel = 'reconcile' AND outcome = 'applied'",
     )
     .await;
     // A fetch can also beat a delivery still on its way (shuffled, late): that repair is
@@ -238,12 +238,12 @@ async fn a_status_no_event_explains_is_repaired_once_by_the_details_fetch() {
     let preempted = count(
         &pool,
         "SELECT count(*) FROM dojo_events r JOIN dojo_events d USING (payment_intent_id, payment_status)
-         WHERE r.channel = 'reconcile' AND d.channel <> 'reconcile' AND d.outcome = 'stale'",
+         WHERE r.channel = 'reconcile' AND r.outcome = 'applied' AND d.channel <> 'reconcile' AND d.outcome = 'stale'",
     )
     .await;
     let per_intent = count(
         &pool,
-        "SELECT count(DISTINCT payment_intent_id) FROM dojo_events WHERE channel = 'reconcile'",
+        "SELECT count(DISTINCT payment_intent_id) FROM dojo_events WHERE channel = 'reconcile' AND outcome = 'applied'",
     )
     .await;
     println!(
@@ -355,12 +355,12 @@ async fn five_percent_never_delivered_are_right_after_one_sweep_and_a_second_rep
     }
     let repairs = count(
         &pool,
-        "SELECT count(*) FROM dojo_events WHERE channel = 'reconcile'",
+        "SELECT count(*) FROM dojo_events WHERE channel = 'reconcile' AND outcome = 'applied'",
     )
     .await;
     let intents_repaired = count(
         &pool,
-        "SELECT count(DISTINCT payment_intent_id) FROM dojo_events WHERE channel = 'reconcile'",
+        "SELECT count(DISTINCT payment_intent_id) FROM dojo_events WHERE channel = 'reconcile' AND outcome = 'applied'",
     )
     .await;
     let second = processor::sweep::sweep_location(worker, &location, since, until)
@@ -368,7 +368,7 @@ async fn five_percent_never_delivered_are_right_after_one_sweep_and_a_second_rep
         .unwrap();
     let after = count(
         &pool,
-        "SELECT count(*) FROM dojo_events WHERE channel = 'reconcile'",
+        "SELECT count(*) FROM dojo_events WHERE channel = 'reconcile' AND outcome = 'applied'",
     )
     .await;
     println!(

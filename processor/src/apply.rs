@@ -15,7 +15,7 @@
 //!    transaction, so no applied event ever lacks its fetch (crate::enrich).
 
 use crate::payload::{storable, Payload};
-use crate::rule::{decide, Change, Current, Decision, Outcome, Stamp};
+use crate::rule::{decide, decide_repair, Change, Current, Decision, Outcome, Stamp};
 use chrono::{DateTime, Utc};
 use common::{Channel, DojoEvent};
 use sqlx::{PgPool, Row};
@@ -103,7 +103,11 @@ pub async fn apply(
         }
         let outcome = match change {
             None => Outcome::Ignored,
-            Some(change) => match decide(state.get(&change.payment_intent_id), change) {
+            Some(change) => match if incoming.channel == Channel::Reconcile {
+                decide_repair(state.get(&change.payment_intent_id), change)
+            } else {
+                decide(state.get(&change.payment_intent_id), change)
+            } {
                 Decision::Stale => Outcome::Stale,
                 Decision::Insert(next) | Decision::Update(next) => {
                     state.insert(change.payment_intent_id.clone(), next);

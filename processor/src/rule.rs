@@ -118,6 +118,18 @@ pub fn decide(current: Option<&Current>, change: &Change) -> Decision {
     }
 }
 
+/// [`decide`] for a repair (a synthetic event on channel `reconcile`, crate::reconcile):
+/// it applies only if it moves the record to a later lifecycle stage, judged here,
+/// under the intent's lock. A delivery committed between the repair's first look at the
+/// record and this moment (same stage, or later) already explains Dojo's status, so the
+/// repair is stale: no repair is recorded for a status an applied event explains.
+pub fn decide_repair(current: Option<&Current>, change: &Change) -> Decision {
+    match current {
+        Some(cur) if change.stamp.stage <= cur.stamp.stage => Decision::Stale,
+        _ => decide(current, change),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +165,68 @@ mod tests {
             }
         }
         record
+    }
+
+    #[test]
+    fn a_repair_only_moves_the_stage_forward_even_if_a_delivery_just_won_the_race() {
+        let captured = event(
+            "evt_1",
+            "payment_intent.status_updated",
+            "Captured",
+            "2024-01-01T00:00:02Z",
+        );
+        let repair = event(
+            "reconcile:pi_1:Captured:2024-01-01T00:00:02.000000Z",
+            "payment_intent.status_updated",
+            "Captured",
+            "2024-01-01T00:00:02Z",
+        );
+        let later_repair = event(
+            "reconcile:pi_1:Captured:2024-01-01T00:00:09.000000Z",
+            "payment_intent.status_updated",
+            "Captured",
+            "2024-01-01T00:00:09Z",
+        );
+        let record = fold(std::slice::from_ref(&captured));
+        let change = |e: &DojoEvent| Change::of(e).unwrap();
+        // The delivery was applied first: the repair of the same stage is stale, even at
+        // the same instant (where its id would win the plain rule's tie) or later.
+        assert_eq!(
+            decide(record.as_ref(), &change(&repair)),
+            Decision::Update(Current {
+                stamp: change(&repair).stamp,
+                ..record.clone().unwrap()
+            })
+        );
+        assert_eq!(
+            decide_repair(record.as_ref(), &change(&repair)),
+            Decision::Stale
+        );
+        assert_eq!(
+            decide_repair(record.as_ref(), &change(&later_repair)),
+            Decision::Stale
+        );
+        // Behind: the repair moves it forward; with no record, it creates one.
+        let created = event(
+            "evt_0",
+            "payment_intent.created",
+            "Created",
+            "2024-01-01T00:00:01Z",
+        );
+        let behind = fold(&[created]);
+        assert!(
+            matches!(decide_repair(behind.as_ref(), &change(&repair)), Decision::Update(c) if c.status == "Captured")
+        );
+        assert!(matches!(
+            decide_repair(None, &change(&repair)),
+            Decision::Insert(_)
+        ));
+        // The delivery arriving after the repair is stale, as before.
+        let repaired = fold(&[repair]);
+        assert_eq!(
+            decide(repaired.as_ref(), &change(&captured)),
+            Decision::Stale
+        );
     }
 
     #[test]

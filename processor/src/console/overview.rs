@@ -153,7 +153,7 @@ async fn sweeps(pool: &sqlx::PgPool) -> Result<(Vec<Sweep>, i64), sqlx::Error> {
     // Every repair (a sweep's, or one found when fetching details) is a synthetic event
     // on channel `reconcile`.
     let repairs: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM dojo_events WHERE channel = 'reconcile' AND received_at > now() - interval '24 hours'",
+        "SELECT count(*) FROM dojo_events WHERE channel = 'reconcile' AND outcome = 'applied' AND received_at > now() - interval '24 hours'",
     )
     .fetch_one(pool)
     .await?;
