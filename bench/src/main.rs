@@ -115,10 +115,17 @@ enum Command {
     },
 }
 
-/// Writes `value` as pretty JSON to `path`, when one was given.
-fn write_json(path: Option<&std::path::Path>, value: &serde_json::Value) -> anyhow::Result<()> {
+/// Writes `figures` (a JSON object) as pretty JSON to `path`, when one was given, with
+/// `bench` (which benchmark) and `date` (now, RFC 3339) added: what bench/plot.py reads.
+fn write_json(
+    path: Option<&std::path::Path>,
+    bench: &str,
+    mut figures: serde_json::Value,
+) -> anyhow::Result<()> {
     if let Some(path) = path {
-        std::fs::write(path, serde_json::to_string_pretty(value)?)?;
+        figures["bench"] = bench.into();
+        figures["date"] = chrono::Utc::now().to_rfc3339().into();
+        std::fs::write(path, serde_json::to_string_pretty(&figures)?)?;
         println!("figures written to {}", path.display());
     }
     Ok(())
@@ -303,9 +310,8 @@ async fn thin(
     }
     write_json(
         json,
-        &serde_json::json!({
-            "bench": "thin",
-            "date": chrono::Utc::now().to_rfc3339(),
+        "thin",
+        serde_json::json!({
             "concurrency": concurrency,
             "count": count,
             "runs": rows,
@@ -490,9 +496,8 @@ async fn end_to_end(
     let ms = |v: u64| v as f64 / 1000.0;
     write_json(
         json,
-        &serde_json::json!({
-            "bench": "e2e",
-            "date": chrono::Utc::now().to_rfc3339(),
+        "e2e",
+        serde_json::json!({
             "rate": rate,
             "seconds": seconds,
             "sent": report.sent,
