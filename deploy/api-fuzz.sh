@@ -46,10 +46,12 @@ cleanup() {
   rm -f "$locations"
 }
 trap cleanup EXIT
+ready=
 for _ in $(seq 1 120); do
-  curl -sf http://127.0.0.1:18280/readyz >/dev/null && curl -sf http://127.0.0.1:18281/readyz >/dev/null && break
+  curl -sf http://127.0.0.1:18280/readyz >/dev/null && curl -sf http://127.0.0.1:18281/readyz >/dev/null && { ready=1; break; }
   sleep 1
 done
+[ -n "$ready" ] || { echo "api-fuzz: the services did not become ready"; tail -20 /tmp/dojo-events-fuzz-*.log; exit 1; }
 
 status=0
 for service in ingress:18280 processor:18281; do

@@ -16,14 +16,21 @@ export AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost"
 export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db
 export INGRESS_ADDR=127.0.0.1:18180 PROCESSOR_ADDR=127.0.0.1:18181
 export DOJO_WEBHOOK_SECRETS=ws_OYsyzcrH70GpJfs8MMkKpg RUST_LOG=warn
-PROFILE=${PROFILE:-dev} deploy/run-local.sh > /tmp/dojo-events-smoke.log 2>&1 &
+profile=${PROFILE:-dev}
+# Build first, in the foreground: on a fresh checkout the build takes minutes, and the
+# readiness wait below is for the services, not for the compiler.
+cargo build -q --profile "$profile" -p ingress -p processor -p simulator
+PROFILE=$profile deploy/run-local.sh > /tmp/dojo-events-smoke.log 2>&1 &
 runner=$!
 trap 'kill -TERM $runner 2>/dev/null || true; rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true' EXIT
 
-for _ in $(seq 1 300); do
-  curl -sf http://127.0.0.1:18180/readyz >/dev/null && curl -sf http://127.0.0.1:18181/readyz >/dev/null && break
+ready=
+for _ in $(seq 1 120); do
+  curl -sf http://127.0.0.1:18180/readyz >/dev/null && curl -sf http://127.0.0.1:18181/readyz >/dev/null && { ready=1; break; }
+  kill -0 $runner 2>/dev/null || break
   sleep 1
 done
+[ -n "$ready" ] || { echo "smoke: the services did not become ready"; cat /tmp/dojo-events-smoke.log; exit 1; }
 
 BODY='{"id":"evt_hnnHxIKR_Uy6bhZCusCltw","event":"payment_intent.created","accountId":"acc_test","createdAt":"2022-02-01T13:07:41.8667859Z","data":{"paymentIntentId":"pi_vpwd4ooAPEqyNAQe4z89WQ","paymentStatus":"Created","captureMode":"Auto"}}'
 SIG=$(printf '%s' "$BODY" | openssl dgst -sha256 -hmac "$DOJO_WEBHOOK_SECRETS" -binary | od -An -tx1 | tr -d ' \n' | tr a-f A-F | sed 's/../&-/g; s/-$//')
@@ -51,7 +58,7 @@ if pgrep -f "target/.*/(ingress|processor)$" >/dev/null; then echo "smoke: servi
 holder=$(mktemp); python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1",18182)); s.listen(); open(sys.argv[1],"w").write("up"); time.sleep(600)' "$holder" & blocker=$!
 for _ in $(seq 1 50); do [ -s "$holder" ] && break; sleep 0.1; done
 rc=0
-INGRESS_ADDR=127.0.0.1:18182 PROFILE=${PROFILE:-dev} timeout 120 deploy/run-local.sh >> /tmp/dojo-events-smoke.log 2>&1 || rc=$?
+INGRESS_ADDR=127.0.0.1:18182 PROFILE=$profile timeout 120 deploy/run-local.sh >> /tmp/dojo-events-smoke.log 2>&1 || rc=$?
 kill "$blocker" 2>/dev/null || true; rm -f "$holder"
 [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] || { echo "smoke: run-local.sh exited $rc with ingress unable to start"; exit 1; }
 psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
