@@ -7,6 +7,7 @@
 //! target/release/dojo-bench all            # everything, then one table
 //! target/release/dojo-bench ingress --concurrency 64 --count 100000
 //! target/release/dojo-bench drain --count 100000
+//! target/release/dojo-bench enrich --intents 20000 --runs 2   # fetching details: its cost
 //! target/release/dojo-bench e2e --rate 5000 --seconds 60 --json e2e.json
 //! target/release/dojo-bench thin --count 50000 --runs 3 --json thin.json   # against the thinnest receiver
 //! bench/plot.py e2e.json thin.json --out docs/bench   # PNG plots of those files
@@ -16,6 +17,7 @@
 
 mod baseline;
 mod console;
+mod enrich;
 mod feed;
 mod load;
 mod procs;
@@ -63,6 +65,18 @@ enum Command {
     Drain {
         #[arg(long, default_value_t = 100_000)]
         count: usize,
+    },
+    /// Enrichment's cost: the processor drains a backlog of `intents` payments' events
+    /// with and without fetching their details from the simulator's fake Dojo API
+    /// (alternating, `runs` pairs); drain rate of each, fetches per second, details right.
+    Enrich {
+        #[arg(long, default_value_t = 20_000)]
+        intents: usize,
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+        /// `DOJO_API_RATE` of the processor (calls per second with the one key).
+        #[arg(long, default_value_t = 2_000)]
+        api_rate: u32,
     },
     /// Idle WebSockets: ingress's resident memory with N locations connected to the
     /// simulator's Dojo endpoint, against the same locations without sockets.
@@ -335,16 +349,17 @@ async fn ingress_open(rate: f64, seconds: u64) -> anyhow::Result<load::Report> {
     Ok(report)
 }
 
-async fn drain(count: usize) -> anyhow::Result<(f64, String, f64)> {
-    let services = Services::new().await?;
-    let events = deliveries(count, 3);
-    let distinct: std::collections::HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
-    // Queue the backlog as ingress would (envelopes, persistent, confirmed).
+/// Queues `events` on the services' vhost as ingress would: envelopes, persistent,
+/// routed by event type, every publish confirmed by the broker.
+pub(crate) async fn queue_backlog(
+    services: &Services,
+    events: &[simulator::Event],
+) -> anyhow::Result<()> {
     let conn = lapin::Connection::connect(&services.vhost.amqp_url(), Default::default()).await?;
     let channel = conn.create_channel().await?;
     common::topology::declare(&channel).await?;
     channel.confirm_select(Default::default()).await?;
-    for e in &events {
+    for e in events {
         let raw = serde_json::value::RawValue::from_string(e.body())?;
         let body =
             common::Envelope::new(common::Channel::Webhook, Default::default(), &raw).to_bytes();
@@ -363,19 +378,32 @@ async fn drain(count: usize) -> anyhow::Result<(f64, String, f64)> {
     }
     channel.wait_for_confirms().await?;
     let _ = conn.close(200, "queued".into()).await;
+    Ok(())
+}
+
+/// Polls (every 20 ms) until `dojo_events` holds `distinct` rows.
+pub(crate) async fn wait_stored(pool: &sqlx::PgPool, distinct: usize) -> anyhow::Result<()> {
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dojo_events")
+            .fetch_one(pool)
+            .await?;
+        if n as usize >= distinct {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn drain(count: usize) -> anyhow::Result<(f64, String, f64)> {
+    let services = Services::new().await?;
+    let events = deliveries(count, 3);
+    let distinct: std::collections::HashSet<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    queue_backlog(&services, &events).await?;
 
     let processor = procs::processor(&services)?;
     let started = processor.ready().await?;
     let pool = sqlx::PgPool::connect(&services.db.url()).await?;
-    loop {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dojo_events")
-            .fetch_one(&pool)
-            .await?;
-        if n as usize >= distinct.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_stored(&pool, distinct.len()).await?;
     let elapsed = started.elapsed();
     let rate = count as f64 / elapsed.as_secs_f64();
     // The payment feed (migration 0007, absent in older processors): how long after the
@@ -536,6 +564,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Drain { count } => {
             drain(count).await?;
+        }
+        Command::Enrich {
+            intents,
+            runs,
+            api_rate,
+        } => {
+            enrich::run(intents, runs, api_rate).await?;
         }
         Command::E2e {
             rate,
