@@ -20,6 +20,10 @@ const ACCOUNT: &str = "acc_bench_enrich";
 struct Drain {
     /// Distinct events stored per second of the drain.
     rate: f64,
+    /// CPU seconds (user + system) until every event was stored: of the processor (from
+    /// its start), and of this process (the fake Dojo API and the polling, from the
+    /// processor's readiness).
+    cpu: (f64, f64),
     /// With enrichment on.
     fetched: Option<Fetched>,
 }
@@ -67,15 +71,20 @@ pub async fn run(intents: usize, runs: usize, api_rate: u32) -> anyhow::Result<(
     let mut costs = Vec::new();
     for n in 1..=runs {
         let plain = drain(&scenario, None, api_rate).await?;
-        println!("run {n}, enrichment off: drain {:.0} events/s", plain.rate);
+        println!(
+            "run {n}, enrichment off: drain {:.0} events/s; CPU during the drain: processor {:.1} s, bench {:.1} s",
+            plain.rate, plain.cpu.0, plain.cpu.1
+        );
         let enriched = drain(&scenario, Some(&api), api_rate).await?;
         let f = enriched.fetched.expect("enriched run");
         let cost = 1.0 - enriched.rate / plain.rate;
         costs.push(cost);
         println!(
-            "run {n}, enrichment on: drain {:.0} events/s ({:+.0}% against off); details of {}/{} intents stored, {:.0} fetches/s, {} API calls, {} differing from Dojo's truth, {} repairs; last detail {:.1} s after start",
+            "run {n}, enrichment on: drain {:.0} events/s ({:+.0}% against off); CPU during the drain: processor {:.1} s, bench with the fake API {:.1} s; details of {}/{} intents stored, {:.0} fetches/s, {} API calls, {} differing from Dojo's truth, {} repairs; last detail {:.1} s after start",
             enriched.rate,
             -100.0 * cost,
+            enriched.cpu.0,
+            enriched.cpu.1,
             f.intents,
             scenario.truth.len(),
             f.per_second,
@@ -115,12 +124,18 @@ async fn drain(
     let processor = procs::processor_with(&services, &env)?;
     let started = processor.ready().await?;
     let pool = sqlx::PgPool::connect(&services.db.url()).await?;
+    let bench_cpu = procs::cpu_seconds("self");
     crate::wait_stored(&pool, scenario.distinct).await?;
     let rate = scenario.distinct as f64 / started.elapsed().as_secs_f64();
+    let cpu = (
+        processor.cpu_seconds(),
+        procs::cpu_seconds("self") - bench_cpu,
+    );
     let Some(api) = api else {
         processor.stop();
         return Ok(Drain {
             rate,
+            cpu,
             fetched: None,
         });
     };
@@ -176,6 +191,7 @@ async fn drain(
     processor.stop();
     Ok(Drain {
         rate,
+        cpu,
         fetched: Some(Fetched {
             intents: fetched,
             per_second: fetched as f64 / span.max(1e-3),

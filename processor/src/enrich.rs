@@ -162,7 +162,7 @@ async fn fetch_one(worker: &Worker, c: Claimed) {
         Ok(outcome) => outcome,
         Err(e) => {
             tracing::warn!(payment_intent_id = %c.payment_intent_id, error = %e, "storing details failed; retrying later");
-            let _ = reschedule(worker, &c, "database", None).await;
+            let _ = reschedule(&worker.pool, &worker.settings.enrich, &c, "database", None).await;
             "retried"
         }
     };
@@ -182,20 +182,23 @@ async fn fetch_and_store(worker: &Worker, c: &Claimed) -> Result<&'static str, s
         .await
     {
         Ok(snapshot) => {
-            let absorbed =
-                crate::reconcile::absorb(worker, &c.account_id, &snapshot, "enrichment").await?;
+            let (absorbed, tx) =
+                crate::reconcile::absorb_open(worker, &c.account_id, &snapshot, "enrichment")
+                    .await?;
+            // The row's bookkeeping commits with the snapshot: one commit per fetch.
+            let mut tx = match tx {
+                Some(tx) => tx,
+                None => pool.begin().await?,
+            };
             if absorbed.deferred {
                 let grace = worker.settings.sweep.repair_grace;
-                reschedule(
-                    worker,
-                    c,
-                    "a recent change no event explains yet",
-                    Some(grace),
-                )
-                .await?;
+                let reason = "a recent change no event explains yet";
+                reschedule(&mut *tx, &worker.settings.enrich, c, reason, Some(grace)).await?;
+                tx.commit().await?;
                 return Ok("deferred");
             }
-            done(pool, c).await?;
+            done(&mut *tx, c).await?;
+            tx.commit().await?;
             Ok(if absorbed.stored {
                 "stored"
             } else {
@@ -210,18 +213,19 @@ async fn fetch_and_store(worker: &Worker, c: &Claimed) -> Result<&'static str, s
         }
         Err(ApiError::KeyBroken { .. }) => {
             let wait = worker.dojo.config.key_cooldown;
-            reschedule(worker, c, "key refused (401/403)", Some(wait)).await?;
+            let settings = &worker.settings.enrich;
+            reschedule(pool, settings, c, "key refused (401/403)", Some(wait)).await?;
             Ok("key_broken")
         }
         Err(ApiError::Unavailable {
             reason,
             retry_after,
         }) => {
-            reschedule(worker, c, &reason, retry_after).await?;
+            reschedule(pool, &worker.settings.enrich, c, &reason, retry_after).await?;
             Ok("retried")
         }
         Err(e) => {
-            reschedule(worker, c, &e.to_string(), None).await?;
+            reschedule(pool, &worker.settings.enrich, c, &e.to_string(), None).await?;
             Ok("retried")
         }
     }
@@ -229,7 +233,7 @@ async fn fetch_and_store(worker: &Worker, c: &Claimed) -> Result<&'static str, s
 
 /// Deletes the row if no new request came since it was taken; otherwise makes it due
 /// again after the coalescing delay.
-async fn done(pool: &PgPool, c: &Claimed) -> Result<(), sqlx::Error> {
+async fn done(db: impl sqlx::PgExecutor<'_>, c: &Claimed) -> Result<(), sqlx::Error> {
     sqlx::query(
         "WITH gone AS (DELETE FROM enrichment_outbox
                        WHERE payment_intent_id = $1 AND generation = $2 RETURNING 1)
@@ -238,19 +242,19 @@ async fn done(pool: &PgPool, c: &Claimed) -> Result<(), sqlx::Error> {
     )
     .bind(&c.payment_intent_id)
     .bind(c.generation)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }
 
 /// Records a failure and when to try again: Dojo's ask if longer than the backoff.
 async fn reschedule(
-    worker: &Worker,
+    db: impl sqlx::PgExecutor<'_>,
+    settings: &EnrichSettings,
     c: &Claimed,
     error: &str,
     at_least: Option<Duration>,
 ) -> Result<(), sqlx::Error> {
-    let settings = &worker.settings.enrich;
     let wait = settings
         .backoff_after(c.attempts + 1)
         .max(at_least.unwrap_or_default());
@@ -263,7 +267,7 @@ async fn reschedule(
     .bind(&c.payment_intent_id)
     .bind(error.chars().take(500).collect::<String>())
     .bind(wait.as_millis() as f64)
-    .execute(&worker.pool)
+    .execute(db)
     .await?;
     Ok(())
 }

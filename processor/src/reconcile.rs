@@ -98,8 +98,25 @@ pub async fn absorb(
     snapshot: &PaymentIntent,
     source: &'static str,
 ) -> Result<Absorbed, sqlx::Error> {
+    let (absorbed, tx) = absorb_open(worker, account, snapshot, source).await?;
+    if let Some(tx) = tx {
+        tx.commit().await?;
+    }
+    Ok(absorbed)
+}
+
+/// [`absorb`], but returns the snapshot's transaction still open (the snapshot stored,
+/// the intent's advisory lock held) for the caller to add its own bookkeeping to and
+/// commit: enrichment deletes its outbox row in it, so a fetch costs one commit, not two.
+/// `None` when the snapshot has no id (nothing stored).
+pub async fn absorb_open(
+    worker: &Worker,
+    account: &str,
+    snapshot: &PaymentIntent,
+    source: &'static str,
+) -> Result<(Absorbed, Option<sqlx::Transaction<'static, sqlx::Postgres>>), sqlx::Error> {
     let Some(id) = snapshot.id.as_deref() else {
-        return Ok(Absorbed::default());
+        return Ok((Absorbed::default(), None));
     };
     let mut absorbed = Absorbed::default();
     let current = record(&worker.pool, id).await?;
@@ -136,8 +153,7 @@ pub async fn absorb(
         .execute(&mut *tx)
         .await?;
     absorbed.stored = crate::snapshot::store(&mut tx, id, snapshot).await?;
-    tx.commit().await?;
-    Ok(absorbed)
+    Ok((absorbed, Some(tx)))
 }
 
 #[cfg(test)]
