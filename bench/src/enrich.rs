@@ -2,7 +2,9 @@
 //! the processor drains the same backlog twice on fresh vhosts and databases, once with
 //! enrichment off (`ENRICH_ENABLED=false`) and once fetching every intent from the
 //! simulator's fake Dojo API (`GET /payment-intents/{id}`, one key, `DOJO_API_RATE` as
-//! given), alternating. Printed per run: the drain rate (events/s until every distinct
+//! given), alternating; in between, once with fetches scheduled but held back
+//! (`ENRICH_DELAY_MS` of an hour), which isolates the cost of writing the fetch outbox
+//! in each batch transaction from that of the fetches themselves. Printed per run: the drain rate (events/s until every distinct
 //! event is stored), the fetches per second (intents whose details are stored, over the
 //! span between the first and the last `details_fetched_at`), the API calls made, and
 //! whether every intent's stored amounts and order link equal Dojo's truth.
@@ -69,13 +71,22 @@ pub async fn run(intents: usize, runs: usize, api_rate: u32) -> anyhow::Result<(
         api.url
     );
     let mut costs = Vec::new();
+    let mut scheduling = Vec::new();
     for n in 1..=runs {
-        let plain = drain(&scenario, None, api_rate).await?;
+        let plain = drain(&scenario, Mode::Off, api_rate).await?;
         println!(
             "run {n}, enrichment off: drain {:.0} events/s; CPU during the drain: processor {:.1} s, bench {:.1} s",
             plain.rate, plain.cpu.0, plain.cpu.1
         );
-        let enriched = drain(&scenario, Some(&api), api_rate).await?;
+        let held = drain(&scenario, Mode::Scheduled(&api), api_rate).await?;
+        scheduling.push(1.0 - held.rate / plain.rate);
+        println!(
+            "run {n}, fetches scheduled, none made: drain {:.0} events/s ({:+.0}% against off); CPU during the drain: processor {:.1} s",
+            held.rate,
+            -100.0 * (1.0 - held.rate / plain.rate),
+            held.cpu.0
+        );
+        let enriched = drain(&scenario, Mode::On(&api), api_rate).await?;
         let f = enriched.fetched.expect("enriched run");
         let cost = 1.0 - enriched.rate / plain.rate;
         costs.push(cost);
@@ -94,31 +105,49 @@ pub async fn run(intents: usize, runs: usize, api_rate: u32) -> anyhow::Result<(
             f.done
         );
     }
-    let mean = costs.iter().sum::<f64>() / costs.len().max(1) as f64;
+    let mean = |v: &[f64]| 100.0 * v.iter().sum::<f64>() / v.len().max(1) as f64;
     println!(
-        "enrichment's cost to the drain rate: {:.0}% (mean of {} pairs)",
-        100.0 * mean,
+        "enrichment's cost to the drain rate: {:.0}%, of which scheduling the fetches (the outbox) {:.0}% (means of {} runs)",
+        mean(&costs),
+        mean(&scheduling),
         costs.len()
     );
     api.stop().await;
     Ok(())
 }
 
-async fn drain(
-    scenario: &Scenario,
-    api: Option<&FakeDojoApi>,
-    api_rate: u32,
-) -> anyhow::Result<Drain> {
+/// How a drain treats payment details.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    /// `ENRICH_ENABLED=false`.
+    Off,
+    /// Fetches scheduled (the outbox written) but not due for an hour.
+    Scheduled(&'a FakeDojoApi),
+    /// Fetched from this API as shipped (`ENRICH_DELAY_MS` default).
+    On(&'a FakeDojoApi),
+}
+
+async fn drain(scenario: &Scenario, mode: Mode<'_>, api_rate: u32) -> anyhow::Result<Drain> {
     let services = Services::new().await?;
     crate::queue_backlog(&services, &scenario.deliveries).await?;
     let rate = api_rate.to_string();
-    let env: Vec<(&str, &str)> = match api {
-        Some(api) => vec![
-            ("DOJO_API_KEY", KEY),
-            ("DOJO_API_URL", api.url.as_str()),
-            ("DOJO_API_RATE", rate.as_str()),
-        ],
-        None => vec![("ENRICH_ENABLED", "false")],
+    let mut env: Vec<(&str, &str)> = Vec::new();
+    let api = match mode {
+        Mode::Off => {
+            env.push(("ENRICH_ENABLED", "false"));
+            None
+        }
+        Mode::Scheduled(api) | Mode::On(api) => {
+            env.extend([
+                ("DOJO_API_KEY", KEY),
+                ("DOJO_API_URL", api.url.as_str()),
+                ("DOJO_API_RATE", rate.as_str()),
+            ]);
+            if matches!(mode, Mode::Scheduled(_)) {
+                env.push(("ENRICH_DELAY_MS", "3600000"));
+            }
+            Some(api)
+        }
     };
     let calls_before = api.map(|a| a.intent_calls().len()).unwrap_or(0);
     let processor = procs::processor_with(&services, &env)?;
@@ -131,7 +160,17 @@ async fn drain(
         processor.cpu_seconds(),
         procs::cpu_seconds("self") - bench_cpu,
     );
-    let Some(api) = api else {
+    let intents = scenario.truth.len() as i64;
+    let Mode::On(api) = mode else {
+        if matches!(mode, Mode::Scheduled(_)) {
+            let scheduled: i64 = sqlx::query_scalar("SELECT count(*) FROM enrichment_outbox")
+                .fetch_one(&pool)
+                .await?;
+            anyhow::ensure!(
+                scheduled == intents,
+                "{scheduled} fetches scheduled for {intents} intents"
+            );
+        }
         processor.stop();
         return Ok(Drain {
             rate,
@@ -139,7 +178,6 @@ async fn drain(
             fetched: None,
         });
     };
-    let intents = scenario.truth.len() as i64;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let (done, waiting): (i64, i64) = sqlx::query_as(
