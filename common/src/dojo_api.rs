@@ -296,12 +296,19 @@ impl DojoApi {
                 .with_label_values(&[location, operation, status])
                 .inc()
         };
-        if self.key_cooling(location) {
-            count("key_broken");
-            return Err(ApiError::KeyBroken {
-                location: location.to_owned(),
-                status: 401,
-            });
+        let cooling = || {
+            let cooling = self.key_cooling(location);
+            if cooling {
+                count("key_broken");
+            }
+            cooling
+        };
+        let broken = || ApiError::KeyBroken {
+            location: location.to_owned(),
+            status: 401,
+        };
+        if cooling() {
+            return Err(broken());
         }
         let limiter = self.limiter(location);
         let mut backoff = Duration::from_millis(200);
@@ -309,6 +316,11 @@ impl DojoApi {
         loop {
             attempt += 1;
             limiter.until_ready().await;
+            // Again after the wait for the key's turn: calls queued behind one that was
+            // refused are not sent (a refused key costs one call, not one per fetch).
+            if cooling() {
+                return Err(broken());
+            }
             let mut request = self
                 .http
                 .request(method.clone(), format!("{}{path}", self.config.url));
