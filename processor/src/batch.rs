@@ -83,6 +83,45 @@ impl Item<'_> {
     }
 }
 
+/// Whether the queue holds a backlog, as the consumers see it: a batch that filled up
+/// to `PROCESSOR_BATCH` means more deliveries were waiting than one transaction takes
+/// (at a rate the processor keeps up with, batches stay well below it).
+#[derive(Debug)]
+pub struct Backlog {
+    since: Instant,
+    /// Milliseconds after `since` of the last full batch, plus one (0: never).
+    last_full: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Backlog {
+    fn default() -> Self {
+        Self {
+            since: Instant::now(),
+            last_full: Default::default(),
+        }
+    }
+}
+
+impl Backlog {
+    /// A full batch was taken now.
+    pub fn full_batch(&self) {
+        let at = self.since.elapsed().as_millis() as u64 + 1;
+        self.last_full
+            .store(at, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a full batch was taken within `window`.
+    pub fn seen_within(&self, window: std::time::Duration) -> bool {
+        match self.last_full.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => false,
+            at => {
+                let now = self.since.elapsed().as_millis() as u64 + 1;
+                now.saturating_sub(at) <= window.as_millis() as u64
+            }
+        }
+    }
+}
+
 /// Processes and settles `deliveries` (consecutive deliveries of `channel`).
 pub async fn process(
     worker: &Worker,
@@ -92,6 +131,9 @@ pub async fn process(
 ) {
     let started = Instant::now();
     worker.metrics.batch_size.observe(deliveries.len() as f64);
+    if deliveries.len() >= worker.settings.batch {
+        worker.backlog.full_batch();
+    }
     let mut items = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
         let (span, ids) = consume_span(delivery);

@@ -91,7 +91,11 @@ struct Claimed {
     attempts: i32,
 }
 
-/// Runs until `stop`: takes due rows, fetches them `concurrency` at a time.
+/// How long after the consumers' last full batch fetches keep waiting.
+const BACKLOG_WINDOW: Duration = Duration::from_secs(1);
+
+/// Runs until `stop`: takes due rows, fetches them `concurrency` at a time, none while
+/// the consumers drain a backlog (a full batch within [`BACKLOG_WINDOW`]).
 pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     let settings = worker.settings.enrich.clone();
     let mut counted = Instant::now() - Duration::from_secs(60);
@@ -101,6 +105,16 @@ pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
             if let Ok(n) = pending(&worker.pool).await {
                 worker.metrics.fetches_pending.set(n);
             }
+        }
+        // Events first: while the consumers drain a backlog, fetches wait (they would
+        // compete for the same database and cores; docs/PERFORMANCE.md, "Payment
+        // details"), and resume within a second of the last full batch.
+        if worker.backlog.seen_within(BACKLOG_WINDOW) {
+            tokio::select! {
+                _ = tokio::time::sleep(settings.poll) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
         }
         let claimed = match claim(&worker.pool, &settings).await {
             Ok(c) => c,

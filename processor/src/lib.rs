@@ -56,6 +56,9 @@ pub struct Worker {
     pub consuming: AtomicBool,
     /// Deliveries settled with the broker (acked, including duplicates and dead letters).
     pub settled: AtomicU64,
+    /// When a consumer last took a full batch: a backlog, which payment-detail fetches
+    /// yield to (crate::enrich).
+    pub backlog: batch::Backlog,
     pub metrics: metrics::Metrics,
     /// Dojo's API (payment details, sweeps), throttled per location key.
     pub dojo: common::dojo_api::DojoApi,
@@ -94,6 +97,7 @@ impl Worker {
             dedupe,
             consuming: AtomicBool::new(false),
             settled: AtomicU64::new(0),
+            backlog: batch::Backlog::default(),
             metrics,
             dojo,
             feed: feed::listener::Hub::default(),
