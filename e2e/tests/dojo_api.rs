@@ -113,6 +113,28 @@ async fn refused_keys_throttling_and_retry_after() {
         .count();
     assert_eq!(revoked_calls, 1, "a broken key is not retried at once");
 
+    // Five fetches at once with another refused key: they queue for the key's turn, and
+    // only the first is sent; the others see the refusal when their turn comes.
+    api.refuse_key("sk_revoked_too");
+    let revoked_too = Credentials {
+        location: "revoked_too".into(),
+        key: Secret::new("sk_revoked_too"),
+    };
+    let answers =
+        futures::future::join_all((0..5).map(|_| dojo.get_payment_intent(&revoked_too, &pi))).await;
+    assert!(answers
+        .iter()
+        .all(|a| matches!(a, Err(ApiError::KeyBroken { .. }))));
+    let concurrent_calls = api
+        .intent_calls()
+        .iter()
+        .filter(|(_, k)| k == "sk_revoked_too")
+        .count();
+    assert_eq!(
+        concurrent_calls, 1,
+        "queued calls behind a refusal are not sent"
+    );
+
     // 40 calls at 20/s with no burst: at least ~1.95 s, never two within 50 ms.
     let key = creds("sk_a");
     let started = Instant::now();
