@@ -103,20 +103,18 @@ pub async fn apply(
         }
         let outcome = match change {
             None => Outcome::Ignored,
-            Some(change) => match if incoming.channel == Channel::Reconcile {
-                decide_repair(state.get(&change.payment_intent_id), change)
-            } else {
-                decide(state.get(&change.payment_intent_id), change)
-            } {
-                Decision::Stale => Outcome::Stale,
-                Decision::Insert(next) | Decision::Update(next) => {
-                    state.insert(change.payment_intent_id.clone(), next);
-                    if touched.insert(change.payment_intent_id.clone()) {
-                        changed.push(change.payment_intent_id.clone());
+            Some(change) => {
+                match rule_for(incoming.channel)(state.get(&change.payment_intent_id), change) {
+                    Decision::Stale => Outcome::Stale,
+                    Decision::Insert(next) | Decision::Update(next) => {
+                        state.insert(change.payment_intent_id.clone(), next);
+                        if touched.insert(change.payment_intent_id.clone()) {
+                            changed.push(change.payment_intent_id.clone());
+                        }
+                        Outcome::Applied
                     }
-                    Outcome::Applied
                 }
-            },
+            }
         };
         outcomes.push(outcome);
         fresh.push(i);
@@ -312,4 +310,14 @@ async fn write_intents(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// The state rule for a delivery of `channel`: a repair (`reconcile`) must move the
+/// record to a later stage ([`decide_repair`]); every other delivery follows [`decide`].
+fn rule_for(channel: Channel) -> fn(Option<&Current>, &Change) -> Decision {
+    if channel == Channel::Reconcile {
+        decide_repair
+    } else {
+        decide
+    }
 }
