@@ -109,6 +109,32 @@ impl Cluster {
             .unwrap_or(0))
     }
 
+    /// Quorum queue `queue` as `rabbitmqctl list_queues` shows it (name, leader, online
+    /// members, members, messages), or why that could not be asked: for a failure's
+    /// message.
+    pub fn queue_state(&self, queue: &str) -> String {
+        let listed = self.any_up().and_then(|n| {
+            n.ctl(&[
+                "list_queues",
+                "name",
+                "leader",
+                "online",
+                "members",
+                "messages",
+                "--quiet",
+                "--no-table-headers",
+            ])
+        });
+        match listed {
+            Ok(out) => out
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(queue))
+                .unwrap_or("not listed")
+                .to_owned(),
+            Err(e) => format!("not asked: {e:#}"),
+        }
+    }
+
     /// Stops the broker application of node `i` (the Erlang VM stays: it can rejoin).
     pub fn stop(&self, i: usize) -> anyhow::Result<()> {
         self.nodes[i].ctl(&["stop_app"]).map(drop)

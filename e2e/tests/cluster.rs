@@ -21,14 +21,35 @@ use support::*;
 
 const RATE: u64 = 1000;
 
+/// How long after a fault ends ingress may take to acknowledge again.
+const RECOVERY: Duration = Duration::from_secs(90);
+
 /// Something done to the cluster (off the async runtime: `rabbitmqctl` blocks).
 type ClusterStep = Box<dyn FnOnce(&Cluster) -> anyhow::Result<()> + Send>;
 
-/// One delivery: its event id, when it was answered, and whether it was acknowledged.
+/// One delivery: its event id, when it was answered, and whether it was acknowledged
+/// (else why not: the status and the start of ingress's answer, or the transport error).
 struct Answer {
     id: String,
     at: Instant,
     ok: bool,
+    why: Option<String>,
+}
+
+/// What ingress answered to one webhook: `None` for an acknowledgement (200).
+async fn refusal(dojo: &Dojo, body: &str) -> Option<String> {
+    match dojo.webhook(body).await {
+        Ok(r) if r.status() == 200 => None,
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap_or_default();
+            Some(format!(
+                "{status} {}",
+                text.chars().take(90).collect::<String>()
+            ))
+        }
+        Err(e) => Some(format!("transport: {e}")),
+    }
 }
 
 /// Sends fresh `created` events at [`RATE`] per second until `stop`.
@@ -56,11 +77,12 @@ fn stream(
                     Utc::now(),
                 )
                 .body();
-                let ok = matches!(dojo.webhook(&body).await, Ok(r) if r.status() == 200);
+                let why = refusal(&dojo, &body).await;
                 answers.lock().unwrap().push(Answer {
                     id,
                     at: Instant::now(),
-                    ok,
+                    ok: why.is_none(),
+                    why,
                 });
             });
             while sends.try_join_next().is_some() {}
@@ -117,6 +139,11 @@ async fn verify(
         "{name}: sent {}, acknowledged {}, refused {refused}, applied {}, lost {lost}, doubled {doubled}, acknowledged after the fault {acked_after_fault}, last refusal {recovered_in:?} after the fault",
         answers.len(), acked.len(), applied.len()
     );
+    let mut reasons = std::collections::BTreeMap::<&str, usize>::new();
+    for why in answers.iter().filter_map(|a| a.why.as_deref()) {
+        *reasons.entry(why).or_default() += 1;
+    }
+    println!("{name}: refusals by answer: {reasons:?}");
     assert_eq!(lost, 0, "{name}: acknowledged events lost");
     assert_eq!(doubled, 0, "{name}: applied twice");
     // A refused event may still have been stored (confirm lost in the election): that is
@@ -129,6 +156,49 @@ async fn verify(
         acked_after_fault > 0,
         "{name}: ingress never acknowledged again during the fault"
     );
+}
+
+/// Waits (at most [`RECOVERY`]) until ingress acknowledges a fresh event again after the
+/// fault of scenario `slug`, so the next scenario starts on a working cluster; prints how
+/// long that took. On timeout, fails with ingress's last answer, its readiness (which
+/// names its broker state) and the work queue's members as RabbitMQ lists them.
+async fn acknowledging_again(slug: &str, ingress: &str, dojo: &Dojo, cluster: &Arc<Cluster>) {
+    let started = Instant::now();
+    let mut last = None;
+    for n in 0.. {
+        let body = Event::new(
+            &format!("evt_probe_{slug}_{n}"),
+            "payment_intent.created",
+            &format!("pi_probe_{slug}_{n}"),
+            "Created",
+            Utc::now(),
+        )
+        .body();
+        match refusal(dojo, &body).await {
+            None => {
+                println!(
+                    "{slug}: ingress acknowledging {:?} after the scenario ended",
+                    started.elapsed()
+                );
+                return;
+            }
+            Some(why) if started.elapsed() > RECOVERY => {
+                last = Some(why);
+                break;
+            }
+            Some(why) => last = Some(why),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let c = cluster.clone();
+    let queue = tokio::task::spawn_blocking(move || c.queue_state(PROCESSOR_QUEUE))
+        .await
+        .unwrap();
+    let readiness = match reqwest::get(format!("{ingress}/readyz")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => e.to_string(),
+    };
+    panic!("{slug}: ingress not acknowledging {RECOVERY:?} after the scenario; last answer {last:?}; readiness {readiness}; work queue: {queue:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,6 +251,7 @@ async fn a_three_node_cluster_loses_nothing_through_a_leader_stop_a_rolling_rest
     let answers = load.await.unwrap();
     verify("leader stopped", &answers, fault, &pool, "leader").await;
     blocking(Box::new(move |c| c.restart(leader))).await;
+    acknowledging_again("leader", &ingress.url, &dojo, &cluster).await;
 
     // 2. Rolling restart: each node stopped and started again, one after the other.
     let stop = Arc::new(AtomicBool::new(false));
@@ -213,6 +284,7 @@ async fn a_three_node_cluster_loses_nothing_through_a_leader_stop_a_rolling_rest
     stop.store(true, Ordering::SeqCst);
     let answers = load.await.unwrap();
     verify("rolling restart", &answers, fault, &pool, "rolling").await;
+    acknowledging_again("rolling", &ingress.url, &dojo, &cluster).await;
 
     // 3. A partition: one node frozen (SIGSTOP), unreachable to its peers and clients.
     let frozen = cluster.leader_of(PROCESSOR_QUEUE).unwrap();
@@ -227,6 +299,7 @@ async fn a_three_node_cluster_loses_nothing_through_a_leader_stop_a_rolling_rest
     stop.store(true, Ordering::SeqCst);
     let answers = load.await.unwrap();
     verify("partition", &answers, fault, &pool, "partition").await;
+    acknowledging_again("partition", &ingress.url, &dojo, &cluster).await;
 
     // Both services carried on without a restart.
     ready(&ingress.url).await;
