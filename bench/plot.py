@@ -6,6 +6,8 @@
 - an `e2e` file (dojo-bench e2e --json): acknowledgements per second against the
   offered rate, and the acknowledgement latency p50 / p99 / max of each second, with the
   goals of issue "Performance, round 2" (p99 under 25 ms, max under 250 ms);
+  when the file has `machine_per_second`, a third panel stacks each service's CPU
+  time in each second, with the disk's busy time;
 - a `thin` file (dojo-bench thin --json): ingress's rate as a share of the thinnest
   receiver's, per route and run, with the 0.9 goal.
 
@@ -26,7 +28,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def e2e(data, title):
     seconds = [s["second"] for s in data["per_second"]]
-    fig, (rate, latency) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    machine = data.get("machine_per_second")
+    if machine:
+        fig, (rate, latency, cpu) = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
+    else:
+        fig, (rate, latency) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     rate.plot(seconds, [s["ok"] for s in data["per_second"]], label="acknowledged (200) per second")
     rate.plot(seconds, [s["errors"] for s in data["per_second"]], label="errors per second")
     rate.axhline(data["rate"], color="grey", linestyle="--", label=f"offered {data['rate']:.0f}/s")
@@ -39,8 +45,22 @@ def e2e(data, title):
     latency.axhline(250, color="tab:red", linestyle=":", label="goal: max under 250 ms")
     latency.set_yscale("log")
     latency.set_ylabel("acknowledgement latency, ms")
-    latency.set_xlabel("second of the run")
     latency.legend(loc="upper right", fontsize="small")
+    if machine:
+        # What competed in each second (bench/src/machine.rs): CPU ms per service
+        # (1,000 = one core), stacked, and the disk's busy time.
+        n = len(machine)
+        parts = (("ingress_cpu_ms", "ingress"), ("processor_cpu_ms", "processor"),
+                 ("broker_cpu_ms", "RabbitMQ"), ("postgres_cpu_ms", "PostgreSQL"),
+                 ("bench_cpu_ms", "load generator"))
+        cpu.stackplot(range(n), *[[m[k] for m in machine] for k, _ in parts], labels=[l for _, l in parts])
+        cpu.plot(range(n), [m["disk_busy_ms"] for m in machine], color="black", label="disk busy, ms")
+        cpu.axhline(2000, color="grey", linestyle="--", label="two cores")
+        cpu.set_ylabel("CPU ms in the second")
+        cpu.legend(loc="upper right", fontsize="small", ncol=2)
+        cpu.set_xlabel("second of the run")
+    else:
+        latency.set_xlabel("second of the run")
     summary = (
         f"ack p99 {data['ack_ms']['p99']:.1f} ms, max {data['ack_ms']['max']:.1f} ms; "
         f"ack to commit p99 {data['ack_to_commit_ms']['p99']:.1f} ms; "

@@ -20,6 +20,7 @@ mod console;
 mod enrich;
 mod feed;
 mod load;
+mod machine;
 mod procs;
 mod sockets;
 mod stats;
@@ -476,7 +477,11 @@ async fn end_to_end(
     ingress.ready().await?;
     processor.ready().await?;
     let requests = prepared((rate * seconds as f64) as usize, 4);
+    let pool = sqlx::PgPool::connect(&services.db.url()).await?;
+    let sampler = machine::Sampler::start(ingress.pid(), processor.pid(), pool.clone());
     let report = load::run(&ingress.url, requests.clone(), Mode::Open { rate }).await;
+    let machine = sampler.stop();
+    machine::print_slowest(&report.per_second, &machine, 8);
     // First acknowledgement of each distinct event.
     let mut first_ack = std::collections::HashMap::new();
     for (p, at) in requests.iter().zip(&report.acked_at) {
@@ -487,7 +492,6 @@ async fn end_to_end(
                 .or_insert(*at);
         }
     }
-    let pool = sqlx::PgPool::connect(&services.db.url()).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> = loop {
         let rows: Vec<(String, chrono::DateTime<chrono::Utc>)> =
@@ -538,6 +542,8 @@ async fn end_to_end(
             "ack_to_commit_ms": {"p50": ms(lag.value_at_quantile(0.5)), "p99": ms(lag.value_at_quantile(0.99)), "max": ms(lag.max())},
             "peak_rss_mib": {"ingress": ingress_rss, "processor": processor_rss},
             "per_second": report.per_second,
+            // What the machine did in each of those seconds (bench/src/machine.rs).
+            "machine_per_second": machine,
         }),
     )?;
     ingress.stop();

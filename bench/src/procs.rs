@@ -138,6 +138,11 @@ impl Proc {
         anyhow::bail!("{} never became ready", self.url)
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Peak resident memory so far (VmHWM), in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
         self.status_mib("VmHWM:")
