@@ -21,8 +21,6 @@ pub const CHANNEL: &str = "payment_updates";
 /// The NOTIFY channel the outbox trigger signals written, not yet numbered, updates on.
 pub const PENDING_CHANNEL: &str = "payment_updates_pending";
 
-/// The wake-ups streams wait on: the highest `seq` notified so far (0 at start), bumped
-/// on every reconnect too.
 /// Consecutive updates read once for the whole process: every update with
 /// `from < seq <= to`, in order.
 #[derive(Debug)]
@@ -33,7 +31,16 @@ pub struct Batch {
 }
 
 pub struct Hub {
+    /// The wake-ups the tail reader waits on: the highest `seq` notified so far (0 at
+    /// start). A notification at or below what the tail has already passed on (this
+    /// process's own sequencer's, whose rows were handed over directly) is not read.
     latest: watch::Sender<i64>,
+    /// "Read the tail whatever was notified": the listener (re)connected, so
+    /// notifications may have been missed.
+    catch_up: tokio::sync::Notify,
+    /// True while this process's sequencer takes a turn: the turn's notification is not
+    /// read back, since its rows come through [`Hub::numbered`] right after.
+    turn: std::sync::atomic::AtomicBool,
     /// Bumped when updates are written and wait for the sequencer.
     pending: watch::Sender<u64>,
     /// The tail of the outbox, read by one task ([`tail`]) and shared by every stream.
@@ -53,6 +60,8 @@ impl Default for Hub {
         let (direct, direct_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             latest: watch::channel(0).0,
+            catch_up: tokio::sync::Notify::new(),
+            turn: std::sync::atomic::AtomicBool::new(false),
             pending: watch::channel(0).0,
             // Bounded: a stream that falls this far behind reads the table itself.
             batches: tokio::sync::broadcast::channel(1024).0,
@@ -92,14 +101,22 @@ impl Hub {
         self.latest.send_modify(|l| *l = (*l).max(seq));
     }
 
-    /// Updates this process's sequencer just numbered (consecutive `seq`, in order):
-    /// the tail passes them on without reading them back when they follow what it has.
+    /// This process's sequencer starts a turn; [`Hub::numbered`] ends it.
+    pub fn turn_started(&self) {
+        self.turn.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Ends the sequencer's turn with what it numbered (consecutive `seq`, in order;
+    /// empty when nothing was pending or the turn failed): the tail passes them on
+    /// without reading them back when they follow what it has, and reads what was
+    /// notified meanwhile.
     pub fn numbered(&self, updates: Vec<super::store::PaymentUpdate>) {
         let highest = updates.last().map_or(0, |u| u.seq);
         if self.direct.send(updates).is_err() {
             // No tail task: a wake-up makes whoever reads the tail read them.
             self.wake(highest);
         }
+        self.turn.store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// Wakes this process's sequencer: updates were written (by a commit of this
@@ -135,7 +152,7 @@ pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
             }
         };
         // Whatever was notified while not listening is read now.
-        hub.wake(0);
+        hub.catch_up.notify_one();
         hub.wake_sequencer();
         loop {
             tokio::select! {
@@ -172,19 +189,38 @@ pub async fn tail(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             biased;
-            Some(updates) = direct.recv() => {
-                // Numbered here, right after what the tail has: passed on as they are.
-                let first = updates.first().map(|u| u.seq);
-                if let (Some(from), Some(first)) = (at, first) {
-                    if first == from + 1 {
-                        let to = updates.last().map_or(from, |u| u.seq);
-                        let _ = hub.batches.send(Arc::new(Batch { from, to, updates }));
-                        at = Some(to);
+            Some(mut updates) = direct.recv() => {
+                // Numbered here: what follows what the tail has is passed on as it is;
+                // the tail reads only for a gap (another process's turn between) or for
+                // what was notified beyond it.
+                if let Some(from) = at {
+                    updates.retain(|u| u.seq > from);
+                    let to = match updates.first().map(|u| u.seq) {
+                        None => from,
+                        Some(first) if first == from + 1 => {
+                            let to = updates.last().map_or(from, |u| u.seq);
+                            let _ = hub.batches.send(Arc::new(Batch { from, to, updates }));
+                            at = Some(to);
+                            to
+                        }
+                        Some(_) => i64::MIN,
+                    };
+                    if *wake.borrow_and_update() <= to {
                         continue;
                     }
                 }
             }
-            _ = wake.changed() => {}
+            _ = wake.changed() => {
+                let notified = *wake.borrow_and_update();
+                if let Some(at) = at {
+                    // Passed on already, or this process's turn (its rows come directly,
+                    // and what else was notified is read after them).
+                    if notified <= at || hub.turn.load(std::sync::atomic::Ordering::Acquire) {
+                        continue;
+                    }
+                }
+            }
+            _ = hub.catch_up.notified() => {}
             _ = poll.tick() => {}
             _ = stop.changed() => return,
         }

@@ -38,19 +38,19 @@ pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         loop {
+            hub.turn_started();
             match number(&worker.pool).await {
                 Ok(updates) => {
                     let count = updates.len() as i64;
-                    if count > 0 {
-                        worker.metrics.feed_numbered.inc_by(count as u64);
-                        // This process's streams get them at once, without a read.
-                        hub.numbered(updates);
-                    }
+                    worker.metrics.feed_numbered.inc_by(count as u64);
+                    // This process's streams get them at once, without a read.
+                    hub.numbered(updates);
                     if count < BATCH {
                         break;
                     }
                 }
                 Err(e) => {
+                    hub.numbered(Vec::new());
                     tracing::warn!(error = %e, "numbering payment updates failed; trying again at the next wake-up");
                     break;
                 }
