@@ -10,6 +10,7 @@ use processor::Application;
 #[derive(Parser)]
 #[command(
     name = "processor",
+    version,
     about = "Applies queued Dojo Events to the POS payment records"
 )]
 struct Cli {

@@ -41,3 +41,13 @@ fn waiting_for_a_websocket_that_never_comes_ends_with_a_hint() {
         assert!(!err.contains(secret), "{err}");
     }
 }
+
+#[test]
+fn version_is_the_workspace_version() {
+    let out = simulator(&["--version"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("dojo-simulator {}", env!("CARGO_PKG_VERSION"))
+    );
+}
