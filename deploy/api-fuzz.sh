@@ -58,7 +58,13 @@ for service in ingress:18280 processor:18281; do
   name=${service%%:*}; port=${service##*:}
   spec=/tmp/dojo-events-fuzz-$name.json
   curl -sf "http://127.0.0.1:$port/openapi.json" -o "$spec"
-  echo "api-fuzz: $name: $("$tools/bin/openapi-spec-validator" "$spec" 2>&1 | tail -1)"
+  # An invalid description fails the run (the validator's verdict is printed either way).
+  if verdict=$("$tools/bin/openapi-spec-validator" "$spec" 2>&1); then
+    echo "api-fuzz: $name: $(echo "$verdict" | tail -1)"
+  else
+    echo "api-fuzz: $name: /openapi.json is not valid OpenAPI:"; echo "$verdict" | tail -20
+    status=1
+  fi
   auth=()
   case $name in
     ingress) auth=(--auth dojo:fuzz-pass) ;;
