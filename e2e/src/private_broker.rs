@@ -107,6 +107,18 @@ impl PrivateBroker {
         self.ctl(&["set_vm_memory_high_watermark", watermark])
             .map(drop)
     }
+
+    /// Raises (a free-disk limit of 1 PB, beyond any disk here) or clears (RabbitMQ's
+    /// default, 50 MB) this node's disk alarm: RabbitMQ then blocks, or unblocks, every
+    /// publishing connection.
+    pub fn disk_alarm(&self, raised: bool) -> anyhow::Result<()> {
+        let limit = if raised {
+            "1000000000000000"
+        } else {
+            "50000000"
+        };
+        self.ctl(&["set_disk_free_limit", limit]).map(drop)
+    }
 }
 
 impl Drop for PrivateBroker {
