@@ -471,6 +471,12 @@ async fn after_a_dojo_outage_sockets_return_at_the_capped_handshake_rate() {
         (r["websockets"]["open"] == 0).then_some(())
     })
     .await;
+    // A Dojo WebSocket outage takes no channel out of service: webhooks and REST still
+    // publish, so readiness stays 200 and shows the sockets as information.
+    let readiness = reqwest::get(format!("{url}/readyz")).await.unwrap();
+    assert_eq!(readiness.status(), 200, "ready with every socket down");
+    let body: serde_json::Value = readiness.json().await.unwrap();
+    assert_eq!(body["websockets"]["open"], 0, "{body}");
     let before = ws.handshake_times().len();
     // Dojo stays down while the sockets retry (at least 100 refused handshakes).
     wait_until("100 refused handshakes", PATIENCE, || async {
