@@ -1,7 +1,7 @@
 //! `createdAt` far from today: outside the accepted range (1970-01-01 up to 2262-01-01)
-//! it is refused with a 400, never saturated into a tie; inside, the later instant wins
-//! to the nanosecond, and `status_changed_at` is the `createdAt` of the event that set
-//! the status.
+//! it is refused (400, or `InvalidRequest` over the WebSocket), never saturated into a
+//! tie; inside, the later instant wins to the nanosecond, and `status_changed_at` is the
+//! `createdAt` of the event that set the status.
 
 mod support;
 
@@ -11,6 +11,8 @@ use e2e::isolation::Services;
 use e2e::wait_until;
 use serde_json::Value;
 use simulator::event::Event;
+use simulator::ws::{error_type, DojoWs};
+use std::time::Duration;
 use support::*;
 
 const UPDATED: &str = "payment_intent.status_updated";
@@ -24,9 +26,15 @@ fn update(id: &str, pi: &str, status: &str, at: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn absurd_dates_are_refused_on_both_http_channels() {
+async fn absurd_dates_are_refused_on_every_channel() {
     let services = Services::new().await.unwrap();
-    let ingress = ingress(&services, &[]);
+    const KEY: &str = "sk_sandbox_far_dates";
+    let ws = DojoWs::bind("127.0.0.1:0", Some(KEY.into())).await.unwrap();
+    let ingress = ingress(
+        &services,
+        &[("DOJO_WS_URL", &ws.url()), ("DOJO_API_KEY", KEY)],
+    );
+    ws.wait_for_connection(1, PATIENCE).await.unwrap();
     ready(&ingress.url).await;
     let dojo = dojo(&ingress);
     // The reported pair (2263 Refunded, 2300 Captured), the years before 1677 that
@@ -57,6 +65,12 @@ async fn absurd_dates_are_refused_on_both_http_channels() {
                 "{error}"
             );
         }
+        // Over the WebSocket (HandleEventV1): the same refusal, as a JSON-RPC error.
+        let reply = ws
+            .handle_event(&body, None, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(error_type(&reply), Some("InvalidRequest"), "{at}: {reply}");
     }
     assert_eq!(
         services
