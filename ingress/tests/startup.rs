@@ -1,5 +1,6 @@
 //! Starting the ingress binary as an operator would: bad configuration stops it with one
-//! line and exit 2; a broker that refuses it says why, distinctly, in its log.
+//! line and exit 2; a broker that refuses it says why, distinctly, in its log; and the
+//! log says at start which channels are on.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -56,7 +57,8 @@ fn bad_configuration_is_one_line_and_exit_2() {
     }
 }
 
-/// Starts ingress against `amqp_url` and returns the first log line about the broker.
+/// Starts ingress against `amqp_url` and returns the first log line about the broker,
+/// after checking the start-up line that says which channels are on.
 fn first_broker_complaint(amqp_url: &str) -> String {
     let mut child = ingress()
         .env("DOJO_WEBHOOK_SECRETS", "s")
@@ -67,7 +69,11 @@ fn first_broker_complaint(amqp_url: &str) -> String {
     let lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut found = String::new();
+    let mut channels = None;
     for line in lines.map_while(Result::ok) {
+        if line.contains("\"locations served\"") {
+            channels = Some(line.clone());
+        }
         if line.contains("cannot connect to the broker") {
             found = line;
             break;
@@ -76,6 +82,15 @@ fn first_broker_complaint(amqp_url: &str) -> String {
     }
     let _ = child.kill();
     let _ = child.wait();
+    // Only the webhook is configured (DOJO_WEBHOOK_SECRETS), and the log says so.
+    let channels: serde_json::Value =
+        serde_json::from_str(&channels.expect("channels logged")).expect("a JSON log line");
+    let fields = &channels["fields"];
+    assert_eq!(
+        (&fields["webhook"], &fields["rest"], &fields["websocket"]),
+        (&1.into(), &0.into(), &0.into()),
+        "{channels}"
+    );
     found
 }
 
