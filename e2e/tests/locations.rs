@@ -459,8 +459,17 @@ async fn after_a_dojo_outage_sockets_return_at_the_capped_handshake_rate() {
     );
     ws.wait_for_open(100, PATIENCE).await.unwrap();
 
-    ws.outage();
     let url = ingress.url.clone();
+    let first = format!(
+        "dojo_ingress_websocket_connected{{location=\"{}\"}}",
+        sims[0].id
+    );
+    assert_eq!(
+        metric(&url, &first).await,
+        1.0,
+        "connected before the outage"
+    );
+    ws.outage();
     wait_until("every socket seen down", PATIENCE, || async {
         let r: serde_json::Value = reqwest::get(format!("{url}/readyz"))
             .await
@@ -477,6 +486,14 @@ async fn after_a_dojo_outage_sockets_return_at_the_capped_handshake_rate() {
     assert_eq!(readiness.status(), 200, "ready with every socket down");
     let body: serde_json::Value = readiness.json().await.unwrap();
     assert_eq!(body["websockets"]["open"], 0, "{body}");
+    // And DojoWebSocketDown's expression (configured == 1 and connected == 0) holds for
+    // every location, so the alert fires after its `for:`.
+    for sim in &sims {
+        let label = format!("{{location=\"{}\"}}", sim.id);
+        let configured = metric(&url, &format!("dojo_ingress_websocket_configured{label}")).await;
+        let connected = metric(&url, &format!("dojo_ingress_websocket_connected{label}")).await;
+        assert_eq!((configured, connected), (1.0, 0.0), "{}", sim.id);
+    }
     let before = ws.handshake_times().len();
     // Dojo stays down while the sockets retry (at least 100 refused handshakes).
     wait_until("100 refused handshakes", PATIENCE, || async {
