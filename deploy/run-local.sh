@@ -30,9 +30,15 @@ trap 'stopping=1; stop' INT TERM
 # could not start (bad configuration, port taken) is a failed run.
 rc=0
 wait -n "$ingress" "$processor" || rc=$?
+if [ -z "$stopping" ] && [ "$rc" -eq 0 ]; then
+  # A service exits 0 only when told to stop (SIGINT or SIGTERM): Ctrl-C or `kill -INT`
+  # sent to the whole process group reaches the services too, and may end one before
+  # this script's trap runs. A stop, not a failure.
+  stopping=1
+fi
 if [ -z "$stopping" ]; then
   echo "run-local: a service exited on its own (status $rc); stopping the other" >&2
   stop
-  exit $(( rc == 0 ? 1 : rc ))
+  exit "$rc"
 fi
 stop
