@@ -29,6 +29,28 @@ fn locations_file(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     (dir, file)
 }
 
+/// The processor command with the locations file and the fake Dojo API at `api_url`.
+fn located(services: &Services, file: &std::path::Path, api_url: &str) -> std::process::Command {
+    let mut cmd = command(services);
+    cmd.env("DOJO_LOCATIONS_FILE", file)
+        .env("DOJO_API_URL", api_url);
+    cmd
+}
+
+/// `processor <args>` with [`located`]'s environment, run to completion.
+async fn reconcile(
+    services: &Services,
+    file: &std::path::Path,
+    api_url: &str,
+    args: &[&str],
+) -> std::process::Output {
+    let mut cmd = located(services, file, api_url);
+    cmd.args(args);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
 async fn status(pool: &sqlx::PgPool, pi: &str) -> String {
     sqlx::query_scalar("SELECT status FROM payment_intents WHERE payment_intent_id = $1")
         .bind(pi)
@@ -44,20 +66,10 @@ async fn reconcile_records_what_was_never_delivered_once() {
     let api = FakeDojoApi::start("127.0.0.1:0").unwrap();
     api.serve_truth(&scenario.truth, [("sk_cli", "acc_cli")]);
     let (dir, file) = locations_file("cli");
-    let run = |args: &'static [&'static str]| {
-        let mut cmd = command(&services);
-        cmd.env("DOJO_LOCATIONS_FILE", &file)
-            .env("DOJO_API_URL", &api.url)
-            .args(args);
-        tokio::task::spawn_blocking(move || cmd.output().unwrap())
-    };
-    let first = run(&["reconcile", "--all", "--since", "2h"]).await.unwrap();
-    let second = run(&["reconcile", "--location", "cli", "--since", "2h"])
-        .await
-        .unwrap();
-    let unknown = run(&["reconcile", "--location", "nope", "--since", "2h"])
-        .await
-        .unwrap();
+    let run = |args| reconcile(&services, &file, &api.url, args);
+    let first = run(&["reconcile", "--all", "--since", "2h"]).await;
+    let second = run(&["reconcile", "--location", "cli", "--since", "2h"]).await;
+    let unknown = run(&["reconcile", "--location", "nope", "--since", "2h"]).await;
     let (first, second) = (
         String::from_utf8_lossy(&first.stdout).into_owned(),
         String::from_utf8_lossy(&second.stdout).into_owned(),
@@ -142,9 +154,7 @@ async fn records_unfinished_past_dojos_limits_are_fetched_and_put_right() {
 
     // The events applied, with nothing else asking Dojo (no fetches, no periodic sweep).
     publish(&services, &messages).await;
-    let processor = command(&services)
-        .env("DOJO_LOCATIONS_FILE", &file)
-        .env("DOJO_API_URL", &api.url)
+    let processor = located(&services, &file, &api.url)
         .env("ENRICH_ENABLED", "false")
         .env("SWEEP_INTERVAL", "0")
         .stdout(std::process::Stdio::null())
@@ -164,14 +174,15 @@ async fn records_unfinished_past_dojos_limits_are_fetched_and_put_right() {
     assert_eq!(status(&pool, "pi_over_created").await, "Created");
 
     let run = || {
-        let mut cmd = command(&services);
-        cmd.env("DOJO_LOCATIONS_FILE", &file)
-            .env("DOJO_API_URL", &api.url)
-            .args(["reconcile", "--all", "--since", "2h"]);
-        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        reconcile(
+            &services,
+            &file,
+            &api.url,
+            &["reconcile", "--all", "--since", "2h"],
+        )
     };
-    let first = String::from_utf8_lossy(&run().await.unwrap().stdout).into_owned();
-    let second = String::from_utf8_lossy(&run().await.unwrap().stdout).into_owned();
+    let first = String::from_utf8_lossy(&run().await.stdout).into_owned();
+    let second = String::from_utf8_lossy(&run().await.stdout).into_owned();
     print!("{first}{second}");
     // Outside the 2 h window: only the two overdue ones are seen, and both repaired.
     assert!(
