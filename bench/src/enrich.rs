@@ -154,7 +154,7 @@ async fn drain(scenario: &Scenario, mode: Mode<'_>, api_rate: u32) -> anyhow::Re
     let started = processor.ready().await?;
     let pool = sqlx::PgPool::connect(&services.db.url()).await?;
     let bench_cpu = procs::cpu_seconds("self");
-    crate::wait_stored(&pool, scenario.distinct).await?;
+    crate::wait_stored(&processor, &pool, scenario.distinct).await?;
     let rate = scenario.distinct as f64 / started.elapsed().as_secs_f64();
     let cpu = (
         processor.cpu_seconds(),

@@ -223,17 +223,23 @@ pub fn broker_cpu_seconds() -> f64 {
         .sum()
 }
 
+/// The value of one sample (`name{labels} value`, or `name value` without labels;
+/// Prometheus text format) on a metrics page; 0 if absent.
+pub fn sample(page: &str, name: &str, labels: &str) -> f64 {
+    let series = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    page.lines()
+        .find_map(|l| l.strip_prefix(&series)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
 /// The `_sum` and `_count` of a Prometheus histogram (with these labels) in a page.
 pub fn sum_count(page: &str, name: &str, labels: &str) -> (f64, f64) {
-    let value = |suffix: &str| {
-        let series = if labels.is_empty() {
-            format!("{name}{suffix} ")
-        } else {
-            format!("{name}{suffix}{{{labels}}} ")
-        };
-        page.lines()
-            .find_map(|l| l.strip_prefix(&series)?.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (value("_sum"), value("_count"))
+    (
+        sample(page, &format!("{name}_sum"), labels),
+        sample(page, &format!("{name}_count"), labels),
+    )
 }
