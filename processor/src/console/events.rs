@@ -150,7 +150,7 @@ pub async fn list(worker: &Worker, q: &EventQuery) -> Result<(Vec<Row>, String),
     }
     let mut b: QueryBuilder<Postgres> = QueryBuilder::new("");
     if let Some(text) = given(&q.q) {
-        // The search first, each branch an index lookup (event id: dojo_events_event;
+        // The search first, each branch an index lookup (event id: the primary key, event id first;
         // intent: dojo_events_payment_intent; order reference: the payment_intents
         // indexes), materialised so the planner cannot trade them for a walk of the
         // whole list in received order (180 ms at a million events).
