@@ -382,17 +382,20 @@ pub(crate) async fn queue_backlog(
     Ok(())
 }
 
-/// Waits until `dojo_events` holds `distinct` rows. Progress is the processor's own
-/// count of settled deliveries (`dojo_processor_events_total`, outcomes applied, stale
-/// and ignored, counted after their commit), polled every 20 ms; the table is counted
-/// only to confirm. Counting the table itself every 20 ms (a scan of up to 100,000
-/// rows) took CPU from the run it measured.
+/// Waits until `dojo_events` holds `distinct` rows; an error after ten minutes. Progress
+/// is the processor's own count of settled deliveries (`dojo_processor_events_total`,
+/// outcomes applied, stale and ignored, counted after their commit), polled every 20
+/// ms; the table is counted to confirm, and once a second anyway (a batch committed
+/// but retried is counted as a duplicate, so the metric alone could stay short).
+/// Counting the table every 20 ms (a scan of up to 100,000 rows) took CPU from the run
+/// it measured.
 pub(crate) async fn wait_stored(
     processor: &procs::Proc,
     pool: &sqlx::PgPool,
     distinct: usize,
 ) -> anyhow::Result<()> {
-    loop {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for poll in 1u64.. {
         let page = processor.metrics().await;
         let settled: f64 = ["applied", "stale", "ignored"]
             .iter()
@@ -404,16 +407,21 @@ pub(crate) async fn wait_stored(
                 )
             })
             .sum();
-        if settled as usize >= distinct {
+        if settled as usize >= distinct || poll % 50 == 0 {
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dojo_events")
                 .fetch_one(pool)
                 .await?;
             if n as usize >= distinct {
                 return Ok(());
             }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{n} of {distinct} events stored after ten minutes"
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    unreachable!("an endless range")
 }
 
 async fn drain(count: usize) -> anyhow::Result<(f64, String, f64)> {
