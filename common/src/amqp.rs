@@ -7,13 +7,49 @@
 //! caller's usual backoff between attempts. An attempt that gets no answer (a node
 //! paused, or cut off by a partition, accepts TCP and then says nothing) is given up
 //! after [`ATTEMPT_TIMEOUT`].
+//!
+//! Every later exchange with a node is bounded too, so a supervisor never waits for ever
+//! on a node that stopped answering (a node restarting, or one whose quorum queue is
+//! electing a leader, may complete the handshake and then not answer a declare):
+//! setting a session up ([`Brokers::open`], [`setup`]) gets [`SETUP_TIMEOUT`], and
+//! closing a connection ([`close`]) gets [`CLOSE_TIMEOUT`].
 
 use lapin::{Connection, ConnectionProperties};
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Longest wait for one node to complete the AMQP handshake.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait for a connected node to set a session up: channels opened, topology
+/// declared, QoS and confirms selected.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait for a node to answer `connection.close` (after it, the socket is dropped).
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs one step of setting a session up, given up after [`SETUP_TIMEOUT`] with an I/O
+/// `TimedOut` error (so the caller retries, on the next node, as after a refusal).
+pub async fn setup<T>(step: impl Future<Output = lapin::Result<T>>) -> lapin::Result<T> {
+    match tokio::time::timeout(SETUP_TIMEOUT, step).await {
+        Ok(result) => result,
+        Err(_) => Err(timed_out(format!(
+            "the broker did not answer within {SETUP_TIMEOUT:?} while setting the session up"
+        ))),
+    }
+}
+
+/// Closes `connection` with reply code 200 and `reason`, waiting at most
+/// [`CLOSE_TIMEOUT`] for the broker's `close-ok`; errors are ignored (the connection is
+/// being given up either way).
+pub async fn close(connection: &Connection, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await;
+}
+
+fn timed_out(what: String) -> lapin::Error {
+    lapin::Error::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+}
 
 /// The nodes of `AMQP_URL`; cheap to share.
 #[derive(Debug)]
@@ -91,12 +127,33 @@ impl Brokers {
         let outcome =
             match tokio::time::timeout(ATTEMPT_TIMEOUT, Connection::connect(url, props)).await {
                 Ok(result) => result,
-                Err(_) => Err(lapin::Error::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no AMQP handshake within {ATTEMPT_TIMEOUT:?}"),
+                Err(_) => Err(timed_out(format!(
+                    "no AMQP handshake within {ATTEMPT_TIMEOUT:?}"
                 ))),
             };
         (crate::settings::redact_url(url), outcome)
+    }
+
+    /// One attempt on the next node in turn ([`Brokers::connect`]), then `session` run on
+    /// the new connection within [`SETUP_TIMEOUT`] to open its channels and declare what
+    /// it needs. If the setup fails or times out, the connection is closed ([`close`]) and
+    /// the error comes back; the redacted URL of the node tried comes back either way.
+    pub async fn open<T>(
+        &self,
+        props: ConnectionProperties,
+        session: impl AsyncFnOnce(&Connection) -> lapin::Result<T>,
+    ) -> (String, lapin::Result<(Connection, T)>) {
+        let (node, connection) = match self.connect(props).await {
+            (node, Ok(connection)) => (node, connection),
+            (node, Err(e)) => return (node, Err(e)),
+        };
+        match setup(session(&connection)).await {
+            Ok(t) => (node, Ok((connection, t))),
+            Err(e) => {
+                close(&connection, "session setup failed").await;
+                (node, Err(e))
+            }
+        }
     }
 
     /// Tries every node once, in turn from the next one; the first that answers wins.

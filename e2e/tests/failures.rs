@@ -231,6 +231,25 @@ async fn a_broker_outage_gives_503_never_200_and_ingress_recovers_by_itself() {
         (readyz(format!("{}/readyz", ingress.url)).await == 503).then_some(())
     })
     .await;
+    // The body says why: the refused attempt, with the node tried and its password masked.
+    let detail = wait_until("readiness names the refused attempt", PATIENCE, || async {
+        let body: serde_json::Value = http
+            .get(format!("{}/readyz", ingress.url))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let detail = body["broker_detail"].as_str()?.to_owned();
+        (body["broker"] == "disconnected"
+            && detail.contains("***@127.0.0.1")
+            && !detail.contains("lost"))
+        .then_some(detail)
+    })
+    .await;
+    println!("broker outage: readiness says {detail:?}");
+    assert!(!detail.contains(":guest@"), "password shown: {detail}");
     let during: Vec<_> = (0..10)
         .map(|i| {
             Event::new(

@@ -14,7 +14,7 @@
 //!   channel errors), whatever the broker's reason: readiness is false and the
 //!   supervisor replaces the connection and its channels.
 
-use common::amqp::Brokers;
+use common::amqp::{self, Brokers};
 use common::topology;
 use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -79,6 +79,8 @@ impl Live {
 
 struct Shared {
     live: RwLock<Option<Arc<Live>>>,
+    /// What the supervisor is doing while not connected (for readiness).
+    doing: RwLock<String>,
     /// Poked by a failed publish so the supervisor checks the connection at once.
     suspect: Notify,
     stop: watch::Sender<bool>,
@@ -105,6 +107,7 @@ impl Publisher {
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             live: RwLock::new(None),
+            doing: RwLock::new("starting".into()),
             suspect: Notify::new(),
             stop,
         });
@@ -133,6 +136,16 @@ impl Publisher {
             Some(l) if l.connection.status().blocked() => "blocked",
             Some(l) if !l.healthy() => "failing",
             Some(_) => "connected",
+        }
+    }
+
+    /// While not connected: what the supervisor is doing or last saw (an attempt in
+    /// progress, the last attempt's error with the node tried, passwords masked), for
+    /// the readiness body; `None` while connected.
+    pub fn detail(&self) -> Option<String> {
+        match self.live() {
+            Some(_) => None,
+            None => Some(self.shared.doing.read().expect("lock").clone()),
         }
     }
 
@@ -204,23 +217,30 @@ impl Publisher {
         self.shared.stop.send_replace(true);
         let live = self.shared.live.write().expect("lock").take();
         if let Some(live) = live {
-            let _ = live
-                .connection
-                .close(200, "ingress shutting down".into())
-                .await;
+            amqp::close(&live.connection, "ingress shutting down").await;
         }
     }
 }
 
+/// One attempt on the next node: connect, then open the confirm-mode channel pool (the
+/// first channel declares the topology), all bounded (`common::amqp::SETUP_TIMEOUT`).
 async fn connect(brokers: &Brokers, channels: usize) -> (String, lapin::Result<Live>) {
     let props = ConnectionProperties::default().with_connection_name("ingress".into());
-    match brokers.connect(props).await {
-        (node, Ok(connection)) => (node, open_channels(connection, channels).await),
-        (node, Err(e)) => (node, Err(e)),
-    }
+    let (node, opened) = brokers
+        .open(props, async |connection: &Connection| {
+            open_channels(connection, channels).await
+        })
+        .await;
+    let live = opened.map(|(connection, channels)| Live {
+        connection,
+        channels,
+        next: AtomicUsize::new(0),
+        failures: AtomicU32::new(0),
+    });
+    (node, live)
 }
 
-async fn open_channels(connection: Connection, channels: usize) -> lapin::Result<Live> {
+async fn open_channels(connection: &Connection, channels: usize) -> lapin::Result<Vec<Channel>> {
     let mut pool = Vec::with_capacity(channels);
     for i in 0..channels {
         let channel = connection.create_channel().await?;
@@ -233,12 +253,7 @@ async fn open_channels(connection: Connection, channels: usize) -> lapin::Result
             .await?;
         pool.push(channel);
     }
-    Ok(Live {
-        connection,
-        channels: pool,
-        next: AtomicUsize::new(0),
-        failures: AtomicU32::new(0),
-    })
+    Ok(pool)
 }
 
 /// Backoff with full jitter over the upper half: `[d/2, d]`.
@@ -257,12 +272,20 @@ async fn supervise(shared: Arc<Shared>, url: String, channels: usize, max: Durat
     };
     let mut stop = shared.stop.subscribe();
     let mut backoff = Duration::from_millis(100);
+    let doing = |what: String| *shared.doing.write().expect("lock") = what;
+    // The last failed attempt, shown while the next one runs.
+    let mut last: Option<String> = None;
     while !*stop.borrow() {
+        doing(match &last {
+            None => "connecting".into(),
+            Some(failed) => format!("connecting again; the last attempt: {failed}"),
+        });
         let (redacted, connected) = connect(&brokers, channels).await;
         match connected {
             Ok(live) => {
                 tracing::info!(broker = %redacted, channels, "connected to the broker");
                 backoff = Duration::from_millis(100);
+                last = None;
                 let live = Arc::new(live);
                 *shared.live.write().expect("lock") = Some(live.clone());
                 watch_until_broken(&shared, &live, &mut stop).await;
@@ -271,9 +294,14 @@ async fn supervise(shared: Arc<Shared>, url: String, channels: usize, max: Durat
                     return;
                 }
                 tracing::warn!(broker = %redacted, "broker connection lost; not ready until reconnected");
-                let _ = live.connection.close(200, "reconnecting".into()).await;
+                doing(format!("closing the lost connection to {redacted}"));
+                amqp::close(&live.connection, "reconnecting").await;
+                doing(format!("connection to {redacted} lost; reconnecting"));
             }
             Err(e) => {
+                let failed = format!("{redacted}: {e}");
+                doing(failed.clone());
+                last = Some(failed);
                 tracing::warn!(broker = %redacted, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot connect to the broker: {}", Brokers::explain(&e));
             }
         }

@@ -85,6 +85,13 @@ pub struct Readiness {
     /// `connected`, `disconnected`, `blocked` (a resource alarm) or `failing`.
     #[schema(example = "connected")]
     pub broker: &'static str,
+    /// Only while `broker` is `disconnected`: what ingress is doing about it, or the
+    /// last connection attempt's error with the node tried (password masked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(
+        example = "amqp://app:***@rabbit-1:5672/%2f: IO error: Connection refused (os error 111)"
+    )]
+    pub broker_detail: Option<String>,
     pub websockets: SocketsStatus,
 }
 

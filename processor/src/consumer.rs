@@ -6,7 +6,7 @@
 //! starts afresh; nothing is ever acked across channels.
 
 use crate::Worker;
-use common::amqp::Brokers;
+use common::amqp::{self, Brokers};
 use common::topology;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -47,10 +47,14 @@ pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
                 consume(&worker, &channels, &mut stop).await;
                 worker.consuming.store(false, Ordering::SeqCst);
                 worker.metrics.consuming.set(0);
-                for channel in &channels {
-                    let _ = channel.close(200, "processor stopping".into()).await;
-                }
-                let _ = connection.close(200, "processor stopping".into()).await;
+                // Each bounded: a node that stopped answering must not hold the reconnect up.
+                let closing = async {
+                    for channel in &channels {
+                        let _ = channel.close(200, "processor stopping".into()).await;
+                    }
+                };
+                let _ = tokio::time::timeout(amqp::CLOSE_TIMEOUT, closing).await;
+                amqp::close(&connection, "processor stopping").await;
                 if *stop.borrow() {
                     break;
                 }
@@ -71,22 +75,21 @@ pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     tracing::info!("consumer stopped");
 }
 
-/// One attempt on the next node of `AMQP_URL`; the node's redacted URL comes back too.
+/// One attempt on the next node of `AMQP_URL`, its channels opened and the topology
+/// declared within `common::amqp::SETUP_TIMEOUT`; the node's redacted URL comes back too.
 async fn connect(
     worker: &Worker,
     brokers: &Brokers,
 ) -> (String, lapin::Result<(Connection, Vec<Channel>)>) {
     let props = ConnectionProperties::default().with_connection_name("processor".into());
-    match brokers.connect(props).await {
-        (node, Ok(connection)) => (node, open_channels(worker, connection).await),
-        (node, Err(e)) => (node, Err(e)),
-    }
+    brokers
+        .open(props, async |connection: &Connection| {
+            open_channels(worker, connection).await
+        })
+        .await
 }
 
-async fn open_channels(
-    worker: &Worker,
-    connection: Connection,
-) -> lapin::Result<(Connection, Vec<Channel>)> {
+async fn open_channels(worker: &Worker, connection: &Connection) -> lapin::Result<Vec<Channel>> {
     let mut channels = Vec::with_capacity(worker.settings.channels);
     for i in 0..worker.settings.channels {
         let channel = connection.create_channel().await?;
@@ -105,7 +108,7 @@ async fn open_channels(
             .await?;
         channels.push(channel);
     }
-    Ok((connection, channels))
+    Ok(channels)
 }
 
 /// Consumes on every channel until one of them fails or `stop`; then all stop.

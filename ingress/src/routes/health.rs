@@ -35,6 +35,7 @@ pub async fn readyz(state: web::Data<State>) -> HttpResponse {
     let body = Readiness {
         status: if ready { "ready" } else { "not ready" },
         broker: state.publisher.state(),
+        broker_detail: state.publisher.detail(),
         websockets: state.sockets.status(),
     };
     if ready {

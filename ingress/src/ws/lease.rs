@@ -18,7 +18,7 @@
 //! only while one of them is cut off from the broker, for at most the grace.
 
 use crate::metrics::Metrics;
-use common::amqp::Brokers;
+use common::amqp::{self, Brokers};
 use futures::StreamExt;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -97,7 +97,7 @@ pub async fn hold(
     set(&held, &metrics, false);
     if let Some(conn) = connection {
         // Closing the connection deletes the queue: another replica takes over at once.
-        let _ = conn.close(200, "ingress shutting down".into()).await;
+        amqp::close(&conn, "ingress shutting down").await;
     }
 }
 
@@ -106,11 +106,14 @@ fn set(held: &watch::Sender<bool>, metrics: &Metrics, value: bool) {
     metrics.websocket_lease_held.set(i64::from(value));
 }
 
-/// Declares the exclusive queue on a fresh channel (a refusal closes the channel).
+/// Declares the exclusive queue on a fresh channel (a refusal closes the channel); a
+/// broker that does not answer within `common::amqp::SETUP_TIMEOUT` counts as a refusal.
 async fn try_declare(conn: &Connection) -> bool {
-    let Ok(channel) = conn.create_channel().await else {
-        return false;
-    };
+    amqp::setup(declare_lease(conn)).await.is_ok()
+}
+
+async fn declare_lease(conn: &Connection) -> lapin::Result<()> {
+    let channel = conn.create_channel().await?;
     let options = QueueDeclareOptions {
         // Exclusive: one connection at a time; deleted with it. Nothing is ever
         // published to it, so neither durability nor a queue type matters.
@@ -121,7 +124,7 @@ async fn try_declare(conn: &Connection) -> bool {
     channel
         .queue_declare(LEASE_QUEUE.into(), options, FieldTable::default())
         .await
-        .is_ok()
+        .map(drop)
 }
 
 /// Returns when the connection (and so the lease) is gone, or on stop.
