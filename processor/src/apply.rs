@@ -21,6 +21,16 @@ use common::{Channel, DojoEvent};
 use sqlx::{PgPool, Row};
 use std::collections::{HashMap, HashSet};
 
+/// Begins a batch's transaction, in the same round trip, with the statements' plans
+/// reused instead of made again at every execution (the pool's connections otherwise
+/// plan every execution, `force_custom_plan`: see `crate::db`). The batch's statements
+/// are key lookups (`= ANY` on a primary key) and inserts from `unnest`, whose best plan
+/// does not depend on the tables' sizes, so one generic plan per connection serves;
+/// `enable_seqscan = off` keeps a plan made while a table was still small from being a
+/// sequential scan that the table then outgrows. Both settings end with the transaction.
+const BEGIN: &str =
+    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
+
 /// An event as it came off the queue.
 pub struct Incoming<'a> {
     pub event: &'a DojoEvent,
@@ -53,7 +63,7 @@ pub async fn apply(
         .into_iter()
         .collect();
     intents.sort_unstable();
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with(BEGIN).await?;
     sqlx::query(
         "SELECT pg_advisory_xact_lock(h) FROM
            (SELECT DISTINCT hashtextextended(x, 0) AS h FROM unnest($1::text[]) AS x ORDER BY h) AS locks",

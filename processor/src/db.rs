@@ -41,7 +41,8 @@ pub async fn connect_and_migrate(
         .context("DATABASE_URL is not a PostgreSQL URL")?
         // Prepared statements are cached per connection; a generic plan chosen while the
         // tables were empty (sequential scans) would be kept as they grow. Plan each
-        // execution for the tables as they are.
+        // execution for the tables as they are. (The batch transaction, whose
+        // statements are key lookups and inserts, opts out: `crate::apply`'s `BEGIN`.)
         .options([("plan_cache_mode", "force_custom_plan")]);
     wait_for_server(&options).await;
     ensure_database(&options).await?;
