@@ -173,7 +173,7 @@ async fn support_staff_find_a_payment_replay_a_repaired_dead_letter_and_viewers_
     assert_eq!(report.failed, 0, "{:?}", report.failures);
     p.settled(report.sent).await;
     // Every delivery is on record: the first of each event in dojo_events, each later
-    // one in dojo_event_duplicates (written just after its batch's ack).
+    // one in dojo_event_duplicates (kept in its batch's transaction, or just after its ack).
     wait_until("every delivery recorded", PATIENCE, || async {
         let recorded = count(&pool, "SELECT count(*) FROM dojo_events").await
             + count(&pool, "SELECT count(*) FROM dojo_event_duplicates").await;

@@ -74,7 +74,7 @@ async fn change(pool: &sqlx::PgPool, account: &str, id: &str, pi: &str, status: 
         received_at: Utc::now(),
         payload: &body,
     };
-    apply(pool, &[incoming], None).await.expect("applied");
+    apply(pool, &[incoming], None, None).await.expect("applied");
 }
 
 /// Waits until the sequencer has numbered every update written so far (none pending):
@@ -119,7 +119,7 @@ async fn many(pool: &sqlx::PgPool, account: &str, prefix: &str, n: usize) {
             payload: body,
         })
         .collect();
-    apply(pool, &batch, None).await.expect("applied");
+    apply(pool, &batch, None, None).await.expect("applied");
 }
 
 /// Every update the cursor API returns for `query`, page by page (`limit=7`).
@@ -780,7 +780,7 @@ async fn a_row_the_pos_holds_does_not_stall_other_payments() {
                 received_at: Utc::now(),
                 payload: &body,
             };
-            apply(&pool, &[incoming], None).await
+            apply(&pool, &[incoming], None, None).await
         }
     });
     wait_until("the change of the held row waits for it", PATIENCE, || async {

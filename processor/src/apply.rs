@@ -49,9 +49,16 @@ pub struct Scheduling<'a> {
 }
 
 /// Applies `batch`; returns one outcome per element, in order.
+///
+/// With `duplicates` (`Some(known)`), every delivery of an event already recorded is
+/// kept in `dojo_event_duplicates` (migration 0008, for the console's timeline) in the
+/// same transaction: `known`, found before it (Redis said done), and those of `batch`
+/// that it finds (the key already there, or the event twice in the batch). Committed
+/// with the batch, it costs no transaction of its own.
 pub async fn apply(
     pool: &PgPool,
     batch: &[Incoming<'_>],
+    duplicates: Option<&[Incoming<'_>]>,
     scheduling: Option<&Scheduling<'_>>,
 ) -> Result<Vec<Outcome>, sqlx::Error> {
     let changes: Vec<Option<Change>> = batch.iter().map(|i| Change::of(i.event)).collect();
@@ -134,8 +141,43 @@ pub async fn apply(
     if let Some(scheduling) = scheduling {
         schedule_fetches(&mut tx, batch, &changes, &state, &changed, scheduling).await?;
     }
+    if let Some(known) = duplicates {
+        let found = batch
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == Outcome::Duplicate)
+            .map(|(i, _)| i);
+        let all: Vec<&Incoming> = known.iter().chain(found).collect();
+        record_duplicates(&mut tx, &all).await?;
+    }
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// Keeps `deliveries` (each of an event already recorded) in `dojo_event_duplicates`:
+/// one statement, none if there are none.
+pub async fn record_duplicates(
+    db: &mut sqlx::PgConnection,
+    deliveries: &[&Incoming<'_>],
+) -> Result<(), sqlx::Error> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&Incoming) -> Option<String>| -> Vec<Option<String>> {
+        deliveries.iter().map(|i| f(i)).collect()
+    };
+    sqlx::query(
+        "INSERT INTO dojo_event_duplicates (account_id, event_id, payment_intent_id, channel, received_at)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])",
+    )
+    .bind(column(|i| Some(i.event.account_id.clone())))
+    .bind(column(|i| Some(i.event.id.clone())))
+    .bind(column(|i| i.event.data.payment_intent_id.clone()))
+    .bind(column(|i| Some(i.channel.as_str().to_owned())))
+    .bind(deliveries.iter().map(|i| i.received_at).collect::<Vec<_>>())
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 async fn load(

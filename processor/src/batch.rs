@@ -166,7 +166,7 @@ pub async fn process(
     if items.is_empty() {
         return;
     }
-    let outcomes = decide(worker, channel, &items, stop).await;
+    let Decided { outcomes, recorded } = decide(worker, channel, &items, stop).await;
     if outcomes.contains(&Some(Outcome::Applied)) {
         // Committed changes wrote feed updates: number them now, without waiting for
         // the notification to come back from PostgreSQL.
@@ -199,8 +199,9 @@ pub async fn process(
         }
         stage(worker, "ack", acking);
     }
-    // After the ack: bookkeeping for the console, never in front of the broker's ack.
-    record_duplicates(worker, &items, &outcomes).await;
+    // After the ack: bookkeeping for the console, never in front of the broker's ack
+    // (most duplicates were kept in the batch's transaction already).
+    record_duplicates(worker, &items, &outcomes, &recorded).await;
 }
 
 fn stage(worker: &Worker, name: &str, since: Instant) {
@@ -211,14 +212,21 @@ fn stage(worker: &Worker, name: &str, since: Instant) {
         .observe(since.elapsed().as_secs_f64());
 }
 
-/// The outcome of each item to be acked with the batch, or `None` for those settled on
-/// their own.
+/// What [`decide`] found for each item of a batch.
+struct Decided {
+    /// The outcome to be acked with the batch, or `None` for an item settled on its own.
+    outcomes: Vec<Option<Outcome>>,
+    /// Whether the item, if a duplicate, was kept in `dojo_event_duplicates` by a
+    /// committed transaction already.
+    recorded: Vec<bool>,
+}
+
 async fn decide(
     worker: &Worker,
     channel: &Channel,
     items: &[Item<'_>],
     stop: &watch::Receiver<bool>,
-) -> Vec<Option<Outcome>> {
+) -> Decided {
     let keys: Vec<(&str, &str)> = items.iter().map(Item::key).collect();
     let claiming = Instant::now();
     let claims = worker
@@ -233,6 +241,8 @@ async fn decide(
         .await;
     stage(worker, "redis_claim", claiming);
     let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
+    let mut recorded = vec![false; items.len()];
+    let mut known = Vec::new();
     let mut todo = Vec::new();
     for (i, claim) in claims.iter().enumerate() {
         if *claim == Claim::Done {
@@ -242,18 +252,22 @@ async fn decide(
                 .with_label_values(&["redis"])
                 .inc();
             outcomes[i] = Some(Outcome::Duplicate);
+            known.push(i);
         } else {
             todo.push(i);
         }
     }
     if todo.is_empty() {
-        return outcomes;
+        return Decided { outcomes, recorded };
     }
     let applying = Instant::now();
-    let applied = apply_with_retries(worker, items, &todo, stop).await;
+    let applied = apply_with_retries(worker, items, &todo, &known, stop).await;
     stage(worker, "db_apply", applying);
     match applied {
         Ok(applied) => {
+            for &i in todo.iter().chain(&known) {
+                recorded[i] = true;
+            }
             for (&i, outcome) in todo.iter().zip(applied) {
                 if outcome == Outcome::Duplicate {
                     worker
@@ -307,8 +321,11 @@ async fn decide(
                 Failure::Contended(_) | Failure::Permanent(_) if todo.len() > 1 => {
                     for &i in &todo {
                         let single = [i];
-                        let verdict = match apply_with_retries(worker, items, &single, stop).await {
+                        let verdict = match apply_with_retries(worker, items, &single, &[], stop)
+                            .await
+                        {
                             Ok(o) => {
+                                recorded[i] = true;
                                 worker.dedupe.done(&[keys[i]]).await;
                                 outcomes[i] = Some(o[0]);
                                 continue;
@@ -345,7 +362,7 @@ async fn decide(
             }
         }
     }
-    outcomes
+    Decided { outcomes, recorded }
 }
 
 enum Failure {
@@ -357,15 +374,18 @@ enum Failure {
     Permanent(String),
 }
 
-/// Applies the items at `which` in one transaction; a blip (deadlock, dropped
-/// connection) is retried at once, twice.
+/// Applies the items at `which` in one transaction, which also keeps the duplicate
+/// deliveries among them and those at `known` (found by Redis) for the console; a blip
+/// (deadlock, dropped connection) is retried at once, twice.
 async fn apply_with_retries(
     worker: &Worker,
     items: &[Item<'_>],
     which: &[usize],
+    known: &[usize],
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<Outcome>, Failure> {
     let batch: Vec<Incoming> = which.iter().map(|&i| items[i].incoming()).collect();
+    let known: Vec<Incoming> = known.iter().map(|&i| items[i].incoming()).collect();
     let mut quick = [Duration::from_millis(50), Duration::from_millis(250)].into_iter();
     let mut stop = stop.clone();
     loop {
@@ -382,7 +402,7 @@ async fn apply_with_retries(
             delay: worker.settings.enrich.delay,
         };
         let scheduling = worker.settings.enrich.enabled.then_some(&scheduling);
-        match apply(&worker.pool, &batch, scheduling)
+        match apply(&worker.pool, &batch, Some(&known), scheduling)
             .instrument(span)
             .await
         {
@@ -416,42 +436,34 @@ async fn apply_with_retries(
     }
 }
 
-/// Keeps every delivery of an event already recorded (`dojo_event_duplicates`,
-/// migration 0008) for the console's timeline: one statement per batch that has any.
-/// Best effort: the event itself is safe in `dojo_events`, so a failure here is logged
-/// and the batch is acked all the same.
-async fn record_duplicates(worker: &Worker, items: &[Item<'_>], outcomes: &[Option<Outcome>]) {
-    let duplicates: Vec<&Item> = items
+/// Keeps the duplicate deliveries that no committed batch transaction kept
+/// (`dojo_event_duplicates`, migration 0008; [`crate::apply::apply`] keeps the rest):
+/// a batch of Redis duplicates only, or one whose transaction failed. Best effort: the
+/// events themselves are safe in `dojo_events`, so a failure here is logged and the
+/// batch stays acked.
+async fn record_duplicates(
+    worker: &Worker,
+    items: &[Item<'_>],
+    outcomes: &[Option<Outcome>],
+    recorded: &[bool],
+) {
+    let incoming: Vec<Incoming> = items
         .iter()
         .zip(outcomes)
-        .filter(|(_, o)| **o == Some(Outcome::Duplicate))
-        .map(|(i, _)| i)
+        .zip(recorded)
+        .filter(|((_, o), r)| **o == Some(Outcome::Duplicate) && !**r)
+        .map(|((i, _), _)| i.incoming())
         .collect();
-    if duplicates.is_empty() {
+    if incoming.is_empty() {
         return;
     }
-    let column = |f: fn(&Item) -> Option<String>| -> Vec<Option<String>> {
-        duplicates.iter().map(|i| f(i)).collect()
+    let deliveries: Vec<&Incoming> = incoming.iter().collect();
+    let written = match worker.pool.acquire().await {
+        Ok(mut db) => crate::apply::record_duplicates(&mut db, &deliveries).await,
+        Err(e) => Err(e),
     };
-    let accounts = column(|i| Some(i.event.account_id.clone()));
-    let ids = column(|i| Some(i.event.id.clone()));
-    let intents = column(|i| i.event.data.payment_intent_id.clone());
-    let channels = column(|i| Some(i.envelope.channel.as_str().to_owned()));
-    let received: Vec<chrono::DateTime<chrono::Utc>> =
-        duplicates.iter().map(|i| i.envelope.received_at).collect();
-    let written = sqlx::query(
-        "INSERT INTO dojo_event_duplicates (account_id, event_id, payment_intent_id, channel, received_at)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])",
-    )
-    .bind(&accounts)
-    .bind(&ids)
-    .bind(&intents)
-    .bind(&channels)
-    .bind(&received)
-    .execute(&worker.pool)
-    .await;
     if let Err(e) = written {
-        tracing::warn!(error = %e, count = duplicates.len(), "cannot record duplicate deliveries (the events are safe)");
+        tracing::warn!(error = %e, count = deliveries.len(), "cannot record duplicate deliveries (the events are safe)");
     }
 }
 

@@ -135,7 +135,7 @@ pub async fn absorb_open(
             payload: &body,
         };
         // The state rule decides: a later delivery applied meanwhile makes this stale.
-        let outcome = apply(&worker.pool, &[incoming], None).await?;
+        let outcome = apply(&worker.pool, &[incoming], None, None).await?;
         if outcome.first() == Some(&Outcome::Applied) {
             absorbed.repaired = Some(reason);
             worker
