@@ -17,6 +17,7 @@ use super::listener::Hub;
 use super::store::PaymentUpdate;
 use crate::Worker;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// The transaction-level advisory lock sequencers take turns on (taken inside
@@ -25,6 +26,13 @@ pub const SEQUENCER_LOCK: i64 = 7_310_577_158_493_101_313;
 /// The most pending updates numbered in one transaction.
 pub const BATCH: i64 = 1000;
 
+/// The least time from one turn to the next. Wake-ups during it (a busy processor
+/// commits a batch every few milliseconds) coalesce into one turn, so updates are
+/// numbered in fewer, larger turns: each turn has a fixed cost of about half a
+/// millisecond of PostgreSQL's time (docs/PERFORMANCE.md). Adds at most this much to
+/// an update's commit-to-till latency.
+pub const TURN_GAP: Duration = Duration::from_millis(5);
+
 /// Numbers pending updates whenever woken, until `stop`.
 pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     let hub: &Hub = &worker.feed;
@@ -32,6 +40,7 @@ pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     let mut poll = tokio::time::interval(worker.settings.feed.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        tokio::time::sleep(TURN_GAP).await;
         tokio::select! {
             _ = pending.changed() => {}
             _ = poll.tick() => {}
