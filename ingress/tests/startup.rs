@@ -74,8 +74,12 @@ fn first_broker_complaint(amqp_url: &str) -> String {
         if line.contains("\"locations served\"") {
             channels = Some(line.clone());
         }
-        if line.contains("cannot connect to the broker") {
+        // The supervisor may complain before the start-up line is written: wait for both
+        // (the complaint repeats at every attempt).
+        if found.is_empty() && line.contains("cannot connect to the broker") {
             found = line;
+        }
+        if !found.is_empty() && channels.is_some() {
             break;
         }
         assert!(Instant::now() < deadline, "no complaint about the broker");
