@@ -27,9 +27,15 @@ use std::collections::{HashMap, HashSet};
 /// are key lookups (`= ANY` on a primary key) and inserts from `unnest`, whose best plan
 /// does not depend on the tables' sizes, so one generic plan per connection serves;
 /// `enable_seqscan = off` keeps a plan made while a table was still small from being a
-/// sequential scan that the table then outgrows. Both settings end with the transaction.
-const BEGIN: &str =
-    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
+/// sequential scan that the table then outgrows. `dojo.outbox_notify = off` keeps the
+/// outbox triggers from notifying `payment_updates_pending` (migration 0010): the batch
+/// wakes its own process's sequencer after the commit instead
+/// ([`crate::feed::listener::Hub::wake_sequencer`], in `crate::batch`), and a
+/// transaction that notified would hold PostgreSQL's notify lock through its commit's
+/// WAL flush, so the channels' commits would queue behind each other. All three settings
+/// end with the transaction.
+const BEGIN: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
+                     SET LOCAL enable_seqscan = off; SET LOCAL dojo.outbox_notify = off";
 
 /// An event as it came off the queue.
 pub struct Incoming<'a> {

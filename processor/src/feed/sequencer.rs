@@ -2,8 +2,10 @@
 //! writers never wait on each other for the feed's order.
 //!
 //! Writers (the triggers on `payment_intents`) insert into `payment_updates_pending`
-//! and notify `payment_updates_pending`. Here, on that notification (through the
-//! process's [`listener`](super::listener)) or every `FEED_POLL_MS`, one call of
+//! and notify `payment_updates_pending`, except the processor's batches, which wake
+//! their own process's sequencer after the commit (migration 0010). Here, on either
+//! wake-up (a notification comes through the process's [`listener`](super::listener))
+//! or every `FEED_POLL_MS`, one call of
 //! `payment_updates_number` takes [`SEQUENCER_LOCK`], moves up to [`BATCH`] pending rows
 //! into `payment_updates` with `seq` = `payment_updates_sequence.last` + 1, + 2, ... in
 //! `id` order, notifies `payment_updates` with the highest `seq`, and commits. Every
