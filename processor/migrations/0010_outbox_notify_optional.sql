@@ -1,7 +1,7 @@
 -- The outbox triggers (0007) notify `payment_updates_pending` unless the writing
 -- transaction says it wakes a sequencer itself: `SET LOCAL dojo.outbox_notify = off`.
--- The processor's batch transactions do (processor::apply, `BEGIN`), and wake their own
--- process's sequencer right after the commit. A transaction that called NOTIFY holds
+-- The processor's `apply` transactions do (processor::apply, `BEGIN`): a batch wakes its
+-- own process's sequencer right after the commit, a repair notifies after its commit. A transaction that called NOTIFY holds
 -- PostgreSQL's notify lock (an exclusive lock on the database's notification queue)
 -- from its commit until its commit record is flushed, so the batch commits of the
 -- processor's channels queued behind each other on it: without it they share WAL

@@ -61,6 +61,11 @@ pub struct Scheduling<'a> {
 /// same transaction: `known`, found before it (Redis said done), and those of `batch`
 /// that it finds (the key already there, or the event twice in the batch). Committed
 /// with the batch, it costs no transaction of its own.
+///
+/// The feed updates its changes write are not announced (no `NOTIFY`, see `BEGIN`):
+/// the caller wakes a sequencer when an outcome is [`Outcome::Applied`] (a batch its
+/// own process's, a repair every process's through
+/// [`crate::feed::sequencer::announce`]); unannounced, they wait for a sequencer's poll.
 pub async fn apply(
     pool: &PgPool,
     batch: &[Incoming<'_>],

@@ -71,6 +71,17 @@ pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Wakes every process's sequencer (`NOTIFY payment_updates_pending`) after a commit
+/// that wrote updates without notifying (one through [`crate::apply::apply`], migration
+/// 0010) in a process whose own sequencer may not run. A failure is logged: the updates
+/// are numbered at the sequencers' next poll (`FEED_POLL_MS`) anyway.
+pub async fn announce(pool: &sqlx::PgPool) {
+    let notify = sqlx::query("SELECT pg_notify($1, '')").bind(super::listener::PENDING_CHANNEL);
+    if let Err(e) = notify.execute(pool).await {
+        tracing::warn!(error = %e, "waking the feed's sequencers failed; they number the updates at their next poll");
+    }
+}
+
 /// One turn (`payment_updates_number`, migration 0007: one round trip): numbers up to
 /// [`BATCH`] committed pending updates and returns them in `seq` order (consecutive
 /// numbers), empty if none was pending.
