@@ -27,15 +27,9 @@ use std::collections::{HashMap, HashSet};
 /// are key lookups (`= ANY` on a primary key) and inserts from `unnest`, whose best plan
 /// does not depend on the tables' sizes, so one generic plan per connection serves;
 /// `enable_seqscan = off` keeps a plan made while a table was still small from being a
-/// sequential scan that the table then outgrows. `dojo.outbox_notify = off` keeps the
-/// outbox triggers from notifying `payment_updates_pending` (migration 0010): the batch
-/// wakes its own process's sequencer after the commit instead
-/// ([`crate::feed::listener::Hub::wake_sequencer`], in `crate::batch`), and a
-/// transaction that notified would hold PostgreSQL's notify lock through its commit's
-/// WAL flush, so the channels' commits would queue behind each other. All three settings
-/// end with the transaction.
-const BEGIN: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
-                     SET LOCAL enable_seqscan = off; SET LOCAL dojo.outbox_notify = off";
+/// sequential scan that the table then outgrows. Both settings end with the transaction.
+const BEGIN: &str =
+    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 
 /// An event as it came off the queue.
 pub struct Incoming<'a> {
@@ -61,11 +55,6 @@ pub struct Scheduling<'a> {
 /// same transaction: `known`, found before it (Redis said done), and those of `batch`
 /// that it finds (the key already there, or the event twice in the batch). Committed
 /// with the batch, it costs no transaction of its own.
-///
-/// The feed updates its changes write are not announced (no `NOTIFY`, see `BEGIN`):
-/// the caller wakes a sequencer when an outcome is [`Outcome::Applied`] (a batch its
-/// own process's, a repair every process's through
-/// [`crate::feed::sequencer::announce`]); unannounced, they wait for a sequencer's poll.
 pub async fn apply(
     pool: &PgPool,
     batch: &[Incoming<'_>],

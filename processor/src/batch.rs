@@ -168,8 +168,8 @@ pub async fn process(
     }
     let Decided { outcomes, recorded } = decide(worker, channel, &items, stop).await;
     if outcomes.contains(&Some(Outcome::Applied)) {
-        // Committed changes wrote feed updates, and the batch's transaction did not
-        // notify (`apply::BEGIN`): this wakes the sequencer that numbers them.
+        // Committed changes wrote feed updates: number them now, without waiting for
+        // the notification to come back from PostgreSQL.
         worker.feed.wake_sequencer();
     }
     let acking = Instant::now();

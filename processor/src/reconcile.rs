@@ -137,10 +137,6 @@ pub async fn absorb_open(
         // The state rule decides: a later delivery applied meanwhile makes this stale.
         let outcome = apply(&worker.pool, &[incoming], None, None).await?;
         if outcome.first() == Some(&Outcome::Applied) {
-            // `apply` leaves the sequencers' wake-up to its caller (a batch wakes its
-            // own): a repair may come from a process that runs none
-            // (`processor reconcile`), so it wakes them all.
-            crate::feed::sequencer::announce(&worker.pool).await;
             absorbed.repaired = Some(reason);
             worker
                 .metrics

@@ -119,9 +119,8 @@ impl Hub {
         self.turn.store(false, std::sync::atomic::Ordering::Release);
     }
 
-    /// Wakes this process's sequencer: updates were written (by a batch this process
-    /// committed, which does not notify, or, through `NOTIFY payment_updates_pending`,
-    /// by any other writer).
+    /// Wakes this process's sequencer: updates were written (by a commit of this
+    /// process, or, through `NOTIFY payment_updates_pending`, of any).
     pub fn wake_sequencer(&self) {
         self.pending.send_modify(|n| *n = n.wrapping_add(1));
     }

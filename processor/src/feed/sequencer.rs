@@ -2,10 +2,8 @@
 //! writers never wait on each other for the feed's order.
 //!
 //! Writers (the triggers on `payment_intents`) insert into `payment_updates_pending`
-//! and notify `payment_updates_pending`, except the processor's batches, which wake
-//! their own process's sequencer after the commit (migration 0010). Here, on either
-//! wake-up (a notification comes through the process's [`listener`](super::listener))
-//! or every `FEED_POLL_MS`, one call of
+//! and notify `payment_updates_pending`. Here, on that notification (through the
+//! process's [`listener`](super::listener)) or every `FEED_POLL_MS`, one call of
 //! `payment_updates_number` takes [`SEQUENCER_LOCK`], moves up to [`BATCH`] pending rows
 //! into `payment_updates` with `seq` = `payment_updates_sequence.last` + 1, + 2, ... in
 //! `id` order, notifies `payment_updates` with the highest `seq`, and commits. Every
@@ -68,17 +66,6 @@ pub async fn run(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
-    }
-}
-
-/// Wakes every process's sequencer (`NOTIFY payment_updates_pending`) after a commit
-/// that wrote updates without notifying (one through [`crate::apply::apply`], migration
-/// 0010) in a process whose own sequencer may not run. A failure is logged: the updates
-/// are numbered at the sequencers' next poll (`FEED_POLL_MS`) anyway.
-pub async fn announce(pool: &sqlx::PgPool) {
-    let notify = sqlx::query("SELECT pg_notify($1, '')").bind(super::listener::PENDING_CHANNEL);
-    if let Err(e) = notify.execute(pool).await {
-        tracing::warn!(error = %e, "waking the feed's sequencers failed; they number the updates at their next poll");
     }
 }
 
