@@ -26,12 +26,12 @@ pub const SEQUENCER_LOCK: i64 = 7_310_577_158_493_101_313;
 /// The most pending updates numbered in one transaction.
 pub const BATCH: i64 = 1000;
 
-/// The least time from the end of one round of turns to the next (a round is one
-/// turn, or several back to back while [`BATCH`] or more updates are pending). Wake-ups during it (a busy processor
-/// commits a batch every few milliseconds) coalesce into one turn, so updates are
-/// numbered in fewer, larger turns: each turn has a fixed cost of about half a
-/// millisecond of PostgreSQL's time (docs/PERFORMANCE.md). Adds at most this much to
-/// an update's commit-to-till latency.
+/// The least time from the end of one round of turns to the next (a round is one turn,
+/// or several back to back while [`BATCH`] or more updates are pending). Wake-ups
+/// during it (a busy processor commits a batch every few milliseconds) coalesce into
+/// one turn, so updates are numbered in fewer, larger turns: each turn has a fixed cost
+/// of about half a millisecond of PostgreSQL's time (docs/PERFORMANCE.md). Adds at most
+/// this much to an update's commit-to-till latency.
 pub const TURN_GAP: Duration = Duration::from_millis(5);
 
 /// Numbers pending updates whenever woken, until `stop`.
