@@ -9,7 +9,7 @@
 //! target/release/dojo-bench drain --count 100000
 //! target/release/dojo-bench enrich --intents 20000 --runs 2   # fetching details: its cost
 //! target/release/dojo-bench e2e --rate 5000 --seconds 60 --json e2e.json
-//! target/release/dojo-bench thin --count 50000 --runs 3 --json thin.json   # against the thinnest receiver
+//! target/release/dojo-bench thin --count 60000 --runs 3 --json thin.json   # against the thinnest receiver
 //! bench/plot.py e2e.json thin.json --out docs/bench   # PNG plots of those files
 //! target/release/dojo-bench feed --clients 500 --locations 50 --rate 2000 --seconds 30
 //! target/release/dojo-bench console --events 1000000
@@ -24,6 +24,7 @@ mod machine;
 mod procs;
 mod sockets;
 mod stats;
+mod thin;
 
 use clap::{Parser, Subcommand};
 use e2e::isolation::Services;
@@ -106,6 +107,9 @@ enum Command {
         count: usize,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Each run's deliveries in this many slices, given to both servers in turns.
+        #[arg(long, default_value_t = 6)]
+        slices: usize,
         /// Also write the runs as JSON to this file (for bench/plot.py).
         #[arg(long)]
         json: Option<std::path::PathBuf>,
@@ -220,118 +224,6 @@ async fn ingress_closed(concurrency: usize, count: usize) -> anyhow::Result<(loa
     );
     ingress.stop();
     Ok((report, rss))
-}
-
-/// One closed-loop run of `count` deliveries (all webhooks, or all REST) against the
-/// thin receiver or ingress, each on a fresh vhost.
-async fn closed_run(
-    thin: bool,
-    webhook: bool,
-    concurrency: usize,
-    count: usize,
-) -> anyhow::Result<(load::Report, Cpu)> {
-    let services = Services::new().await?;
-    let target = if thin {
-        procs::thin_receiver(&services)?
-    } else {
-        procs::ingress(&services)?
-    };
-    target.ready().await?;
-    let requests = Arc::new(load::prepare(
-        &deliveries(count, 5),
-        procs::SECRET,
-        procs::REST_USER,
-        procs::REST_PASSWORD,
-        if webhook { 0 } else { 1 },
-    ));
-    let before = Cpu::now(&target);
-    let report = load::run(&target.url, requests, Mode::Closed { concurrency }).await;
-    let cpu = Cpu::now(&target).minus(&before);
-    target.stop();
-    Ok((report, cpu))
-}
-
-/// CPU seconds used by the receiver under test, the broker and the load generator.
-#[derive(Clone, Copy)]
-struct Cpu {
-    receiver: f64,
-    broker: f64,
-    load: f64,
-}
-
-impl Cpu {
-    fn now(receiver: &procs::Proc) -> Self {
-        Self {
-            receiver: receiver.cpu_seconds(),
-            broker: procs::broker_cpu_seconds(),
-            load: procs::cpu_seconds("self"),
-        }
-    }
-
-    fn minus(&self, earlier: &Self) -> Self {
-        Self {
-            receiver: self.receiver - earlier.receiver,
-            broker: self.broker - earlier.broker,
-            load: self.load - earlier.load,
-        }
-    }
-
-    /// Microseconds of CPU per request of each: receiver / broker / load generator.
-    fn per_request(&self, requests: usize) -> String {
-        let us = |s: f64| s * 1e6 / requests.max(1) as f64;
-        format!(
-            "{:.0} / {:.0} / {:.0}",
-            us(self.receiver),
-            us(self.broker),
-            us(self.load)
-        )
-    }
-}
-
-async fn thin(
-    concurrency: usize,
-    count: usize,
-    runs: usize,
-    json: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    let mut rows = Vec::new();
-    println!("| route | run | thin receiver req/s | p99 ms | ingress req/s | p99 ms | ingress / thin | errors (thin, ingress) | CPU µs per request, thin: receiver / broker / load | ingress: receiver / broker / load |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (route, webhook) in [("webhook", true), ("REST", false)] {
-        for run in 1..=runs {
-            let (t, t_cpu) = closed_run(true, webhook, concurrency, count).await?;
-            let (i, i_cpu) = closed_run(false, webhook, concurrency, count).await?;
-            let p99 = |r: &load::Report| r.latency.value_at_quantile(0.99) as f64 / 1000.0;
-            println!(
-                "| {route} | {run} | {:.0} | {:.1} | {:.0} | {:.1} | {:.2} | {}, {} | {} | {} |",
-                t.rate(),
-                p99(&t),
-                i.rate(),
-                p99(&i),
-                i.rate() / t.rate(),
-                t.errors,
-                i.errors,
-                t_cpu.per_request(t.ok + t.errors),
-                i_cpu.per_request(i.ok + i.errors),
-            );
-            rows.push(serde_json::json!({
-                "route": route,
-                "run": run,
-                "thin": {"rate": t.rate(), "p99_ms": p99(&t), "errors": t.errors},
-                "ingress": {"rate": i.rate(), "p99_ms": p99(&i), "errors": i.errors},
-                "ratio": i.rate() / t.rate(),
-            }));
-        }
-    }
-    write_json(
-        json,
-        "thin",
-        serde_json::json!({
-            "concurrency": concurrency,
-            "count": count,
-            "runs": rows,
-        }),
-    )
 }
 
 async fn ingress_open(rate: f64, seconds: u64) -> anyhow::Result<load::Report> {
@@ -629,9 +521,10 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             count,
             runs,
+            slices,
             json,
         } => {
-            thin(concurrency, count, runs, json.as_deref()).await?;
+            thin::compare(concurrency, count, runs, slices, json.as_deref()).await?;
         }
         Command::Console { events, repeat } => {
             console::run(events, repeat).await?;
