@@ -17,6 +17,37 @@ pub struct ValidationError(pub String);
 /// Longest `id` or `accountId` accepted.
 pub const MAX_ID_LEN: usize = 255;
 
+/// Deepest nesting of arrays and objects accepted in an event (the event object itself
+/// is level 1), the same as serde_json's limit for what it builds.
+pub const MAX_NESTING: usize = 128;
+
+/// The deepest nesting of arrays and objects in `json` (already parsed as valid JSON:
+/// brackets inside strings, escaped quotes included, are not counted).
+fn nesting(json: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// A Dojo event (dojo-api.md §1). Other fields Dojo adds are accepted and kept as sent.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -56,6 +87,12 @@ pub struct EventData {
 impl DojoEvent {
     /// Parses and validates a raw body. Unknown fields are ignored here (the raw body is
     /// what gets stored), unknown enum values are kept.
+    ///
+    /// # Errors
+    /// Not JSON; not a JSON object (serde would read an array as the fields in order);
+    /// arrays and objects nested deeper than [`MAX_NESTING`] (serde_json caps the depth
+    /// only of what it builds, not of the fields it skips, and PostgreSQL's `jsonb` has
+    /// a stack limit of its own); a missing or invalid field.
     pub fn from_json(body: &[u8]) -> Result<Self, ValidationError> {
         let event: Self = serde_json::from_slice(body).map_err(|e| {
             ValidationError(match e.classify() {
@@ -63,6 +100,16 @@ impl DojoEvent {
                 _ => format!("body is not valid JSON: {e}"),
             })
         })?;
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ValidationError(
+                "invalid event: the body must be a JSON object".into(),
+            ));
+        }
+        if nesting(body) > MAX_NESTING {
+            return Err(ValidationError(format!(
+                "invalid event: arrays and objects nested deeper than {MAX_NESTING} levels"
+            )));
+        }
         event.validate()?;
         Ok(event)
     }
@@ -383,6 +430,33 @@ mod tests {
     fn deep_nesting_is_rejected_not_overflowed() {
         let body = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(DojoEvent::from_json(body.as_bytes()).is_err());
+        // In a field serde skips: counted by hand, up to the limit and no further.
+        let deep = |levels: usize| {
+            VECTOR.replace(
+                "\"captureMode\"",
+                &format!(
+                    r#""extra":{}"[{{\"]"{},"captureMode""#,
+                    "[".repeat(levels),
+                    "]".repeat(levels)
+                ),
+            )
+        };
+        assert!(DojoEvent::from_json(deep(MAX_NESTING - 2).as_bytes()).is_ok());
+        let e = DojoEvent::from_json(deep(30_000).as_bytes()).unwrap_err();
+        assert!(e.0.contains("nested deeper than 128"), "{e}");
+        assert!(DojoEvent::from_json(deep(MAX_NESTING - 1).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn an_array_is_not_an_event() {
+        let event: serde_json::Value = serde_json::from_str(VECTOR).unwrap();
+        let fields: Vec<_> = ["id", "event", "accountId", "createdAt", "data"]
+            .iter()
+            .map(|k| event[k].clone())
+            .collect();
+        let body = serde_json::to_vec(&fields).unwrap();
+        let e = DojoEvent::from_json(&body).unwrap_err();
+        assert!(e.0.contains("must be a JSON object"), "{e}");
     }
 
     #[test]

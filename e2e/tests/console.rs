@@ -469,6 +469,7 @@ async fn support_staff_find_a_payment_replay_a_repaired_dead_letter_and_viewers_
     for path in [
         "/console/payments/pi_%00".to_owned(),
         "/console/events?q=%00".to_owned(),
+        "/console/live/stream?location=%00".to_owned(),
         format!("/console/events?q={long}"),
         "/console/events?after=garbage".to_owned(),
         "/console/events?from=yesterday".to_owned(),

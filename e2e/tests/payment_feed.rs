@@ -307,6 +307,14 @@ async fn a_token_sees_its_own_location_only() {
         status(format!("{url}/v1/payment-intents/pi_soho"), API_TOKEN).await,
         200
     );
+    // The scheme's name in any case (RFC 9110 §11.1).
+    let lower = client
+        .get(format!("{url}/v1/payment-intents/pi_leeds"))
+        .header("authorization", format!("bearer {TOKEN_B}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200);
     p.running.stop().await;
 }
 
@@ -866,6 +874,78 @@ async fn a_stopping_processor_ends_its_streams_with_a_hint_instead_of_waiting_fo
 /// Found by Schemathesis: filters no record can have reached the database (a NUL: 503),
 /// and malformed numbers got actix's plain-text 400 or were ignored (`Last-Event-ID`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_locations_file_changes_the_tills_tokens_and_labels_new_locations() {
+    let services = Services::new().await.unwrap();
+    let locations = Locations::new();
+    let path = locations.0.to_string_lossy().into_owned();
+    let p = processor(
+        &services,
+        &[
+            ("DOJO_LOCATIONS_FILE", &path),
+            ("PROCESSOR_LOCATIONS_POLL_MS", "50"),
+            ("ENRICH_ENABLED", "false"),
+            ("SWEEP_INTERVAL", "0"),
+        ],
+    )
+    .await;
+    let url = p.running.url.clone();
+    let pool = p.worker.pool.clone();
+    let client = reqwest::Client::new();
+    let status = |token: &'static str| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            client
+                .get(format!("{url}/v1/payment-updates"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    const ANGEL: &str = "till-token-angel";
+    const LEEDS_NEW: &str = "till-token-leeds-rotated";
+    assert_eq!(status(TOKEN_B).await, 200);
+    assert_eq!(status(ANGEL).await, 401, "not in the file yet");
+    // Leeds's token rotated, location angel added.
+    std::fs::write(
+        &locations.0,
+        format!(
+            "[[location]]\nid = \"soho\"\naccount_id = \"acc_soho\"\nwebhook_secrets = [\"{SECRET}\"]\nfeed_tokens = [\"{TOKEN_A}\"]\n\n\
+             [[location]]\nid = \"leeds\"\naccount_id = \"acc_leeds\"\nwebhook_secrets = [\"{SECRET}\"]\nfeed_tokens = [\"{LEEDS_NEW}\"]\n\n\
+             [[location]]\nid = \"angel\"\naccount_id = \"acc_angel\"\nwebhook_secrets = [\"{SECRET}\"]\nfeed_tokens = [\"{ANGEL}\"]\n"
+        ),
+    )
+    .unwrap();
+    wait_until("the new token served", PATIENCE, || async {
+        (status(ANGEL).await == 200).then_some(())
+    })
+    .await;
+    assert_eq!(status(LEEDS_NEW).await, 200);
+    assert_eq!(status(TOKEN_B).await, 401, "a rotated token stops at once");
+    assert_eq!(status(TOKEN_A).await, 200);
+    // The new location's account is recorded for the feed, and its updates carry it.
+    wait_until("acc_angel recorded for the feed", PATIENCE, || async {
+        let l: Option<String> = sqlx::query_scalar(
+            "SELECT location_id FROM feed_locations WHERE account_id = 'acc_angel'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        (l.as_deref() == Some("angel")).then_some(())
+    })
+    .await;
+    change(&pool, "acc_angel", "evt_angel", "pi_angel", "Captured").await;
+    numbered(&pool).await;
+    let angel = all_pages(&url, ANGEL, "").await;
+    assert_eq!(angel.len(), 1, "{angel:?}");
+    assert_eq!(angel[0]["location"], "angel");
+    assert_eq!(angel[0]["paymentIntentId"], "pi_angel");
+    p.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_queries_get_a_400_epos_error() {
     let services = Services::new().await.unwrap();
     let locations = Locations::new();
@@ -880,7 +960,10 @@ async fn malformed_queries_get_a_400_epos_error() {
         }
         r.send()
     };
-    let cases: [(&str, Option<&str>); 6] = [
+    let cases: [(&str, Option<&str>); 9] = [
+        ("/v1/payment-updates?after=-1", None),
+        ("/v1/payment-updates?limit=0", None),
+        ("/v1/payment-updates/stream", Some("-5")),
         ("/v1/payment-updates?location=a%00b", None),
         ("/v1/payment-updates?paymentIntentId=pi%00", None),
         ("/v1/payment-updates?limit=9223372036854775808", None),
@@ -894,6 +977,10 @@ async fn malformed_queries_get_a_400_epos_error() {
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["errorType"], "InvalidRequest", "{path}: {body}");
     }
+    // An id no record can have is unknown (never a 5xx from the database).
+    let r = get("/v1/payment-intents/pi%00", None).await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["errorType"], "NotFound");
     // Not vacuous: the same routes answer well-formed queries.
     assert_eq!(
         get("/v1/payment-updates?location=soho&limit=5", None)

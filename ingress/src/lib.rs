@@ -99,15 +99,14 @@ impl Application {
             },
             lease_held,
         ));
-        if let Some(path) = settings.locations_file.clone() {
-            tokio::spawn(locations::reload::watch_file(
-                path,
-                settings.locations_poll,
-                directory.clone(),
-                metrics.clone(),
-                stopped,
-            ));
-        }
+        // Also without a file: a SIGHUP is then logged, and never stops ingress.
+        tokio::spawn(locations::reload::watch_file(
+            settings.locations_file.clone(),
+            settings.locations_poll,
+            directory.clone(),
+            metrics.clone(),
+            stopped,
+        ));
         let state = web::Data::new(State {
             settings,
             locations: directory.clone(),

@@ -240,6 +240,14 @@ async fn payment_intent(
         Ok(scope) => scope,
         Err(refusal) => return refusal.answer(),
     };
+    if !valid_filter(&id) {
+        // No payment intent has such an id (PostgreSQL text cannot even hold a NUL).
+        return error(
+            StatusCode::NOT_FOUND,
+            ErrorType::NotFound,
+            "unknown payment intent",
+        );
+    }
     match load(&worker.pool, &id).await {
         // Another location's record is answered as unknown: never its data.
         Ok(Some(body)) if scope.sees_account(&worker, &body.account_id) => {

@@ -185,7 +185,7 @@ async fn fetch_one(worker: &Worker, c: Claimed) {
 
 async fn fetch_and_store(worker: &Worker, c: &Claimed) -> Result<&'static str, sqlx::Error> {
     let pool = &worker.pool;
-    let Some(creds) = credentials(&worker.settings.locations, &c.account_id) else {
+    let Some(creds) = credentials(&worker.locations.current(), &c.account_id) else {
         // The account's location has no key (any more): enrichment is off for it.
         done(pool, c).await?;
         return Ok("no_key");

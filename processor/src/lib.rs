@@ -64,6 +64,9 @@ pub struct Worker {
     pub dojo: common::dojo_api::DojoApi,
     /// Wake-ups of the payment feed's streams (crate::feed::listener).
     pub feed: feed::listener::Hub,
+    /// The locations served now: `settings.locations` at start, then each version of
+    /// `DOJO_LOCATIONS_FILE` that validates (till tokens, API keys, accounts).
+    pub locations: common::locations::Directory,
 }
 
 impl Worker {
@@ -92,6 +95,7 @@ impl Worker {
         let metrics = metrics::Metrics::default();
         let dojo = common::dojo_api::DojoApi::new(settings.dojo_api.clone(), metrics.api.clone());
         Ok(Self {
+            locations: common::locations::Directory::new(settings.locations.clone()),
             settings,
             pool,
             dedupe,
@@ -106,7 +110,7 @@ impl Worker {
 
     /// Whether details of `account`'s intents can be fetched (a key for it).
     pub fn can_fetch(&self, account: &str) -> bool {
-        enrich::credentials(&self.settings.locations, account).is_some()
+        enrich::credentials(&self.locations.current(), account).is_some()
     }
 }
 
@@ -176,6 +180,15 @@ impl Application {
         let pruner = tokio::spawn(feed::listener::prune(self.worker.clone(), stopped.clone()));
         let tail = tokio::spawn(feed::listener::tail(self.worker.clone(), stopped.clone()));
         let sequencer = tokio::spawn(feed::sequencer::run(self.worker.clone(), stopped.clone()));
+        // Also without a file: a SIGHUP is then logged, and never stops the processor.
+        let reloader = tokio::spawn(common::locations::directory::watch_file(
+            self.worker.settings.locations_file.clone(),
+            self.worker.settings.locations_poll,
+            self.worker.locations.clone(),
+            stopped.clone(),
+            |_| {},
+        ));
+        let accounts = tokio::spawn(feed::follow_locations(self.worker.clone(), stopped.clone()));
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
         shutdown.await;
@@ -195,6 +208,8 @@ impl Application {
         pruner.await?;
         tail.await?;
         sequencer.await?;
+        reloader.await?;
+        accounts.await?;
         handle.stop(true).await;
         server.await??;
         self.worker.pool.close().await;

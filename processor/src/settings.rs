@@ -38,8 +38,14 @@ pub struct Settings {
     /// (default 30): when transient failures are tried again.
     pub retry: crate::retry::Schedule,
     /// `DOJO_LOCATIONS_FILE`, else `DOJO_API_KEY` as location `default` (any account):
-    /// whose key fetches an intent's details (read at start).
+    /// whose key fetches an intent's details, whose till tokens read the feed: the set
+    /// at start (the running set is `Worker::locations`, which follows the file).
     pub locations: common::locations::Locations,
+    /// `DOJO_LOCATIONS_FILE`, re-read on SIGHUP and when it changes.
+    pub locations_file: Option<String>,
+    /// `PROCESSOR_LOCATIONS_POLL_MS` (default 1000): how often the locations file is
+    /// checked for changes.
+    pub locations_poll: Duration,
     /// `DOJO_API_URL`, `DOJO_API_VERSION`, `DOJO_API_RATE`, ... (common::dojo_api).
     pub dojo_api: common::dojo_api::ApiConfig,
     /// `ENRICH_*`: the fetches of payment details (crate::enrich).
@@ -78,6 +84,19 @@ impl Settings {
         }
         let amqp_url = or_default(src, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
         common::amqp::Brokers::parse(&amqp_url)?;
+        let api_token = optional(src, "PROCESSOR_API_TOKEN").map(Secret::new);
+        let locations = common::locations::Locations::from_source(src, false)?;
+        if let Some(token) = &api_token {
+            if let Some(l) = locations
+                .iter()
+                .find(|l| l.feed_tokens.iter().any(|t| t.expose() == token.expose()))
+            {
+                return Err(ConfigError(format!(
+                    "location {:?}: field `feed_tokens`: a token equals PROCESSOR_API_TOKEN (its tills would read every location)",
+                    l.id
+                )));
+            }
+        }
         Ok(Self {
             addr: or_default(src, "PROCESSOR_ADDR", "0.0.0.0:8081"),
             amqp_url,
@@ -87,7 +106,7 @@ impl Settings {
                 "DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/dojo_events",
             ),
-            api_token: optional(src, "PROCESSOR_API_TOKEN").map(Secret::new),
+            api_token,
             redis_prefix: or_default(src, "REDIS_KEY_PREFIX", "dojo:"),
             prefetch,
             channels,
@@ -107,7 +126,11 @@ impl Settings {
                 &or_default(src, "PROCESSOR_RETRY_DELAYS", "1s,5s,30s,2m,10m"),
                 parsed(src, "PROCESSOR_RETRY_ATTEMPTS", 30u32)?,
             )?,
-            locations: common::locations::Locations::from_source(src, false)?,
+            locations,
+            locations_file: common::settings::optional(src, "DOJO_LOCATIONS_FILE"),
+            locations_poll: Duration::from_millis(
+                parsed(src, "PROCESSOR_LOCATIONS_POLL_MS", 1_000u64)?.max(10),
+            ),
             dojo_api: common::dojo_api::ApiConfig::from_source(src)?,
             enrich: crate::enrich::EnrichSettings::from_source(src)?,
             sweep: crate::sweep::SweepSettings::from_source(src)?,
@@ -132,6 +155,34 @@ mod tests {
             "postgres://postgres@127.0.0.1:5432/dojo_events"
         );
         assert!(s.api_token.is_none());
+    }
+
+    #[test]
+    fn a_feed_token_equal_to_the_global_token_is_refused() {
+        let file = std::env::temp_dir().join(format!("tokens-{}.toml", std::process::id()));
+        std::fs::write(
+            &file,
+            "[[location]]\nid = \"soho\"\naccount_id = \"acc_soho\"\nfeed_tokens = [\"t1\", \"shared\"]\n",
+        )
+        .unwrap();
+        let path = file.to_string_lossy().into_owned();
+        let env = |token: &str| {
+            HashMap::from([
+                ("DOJO_LOCATIONS_FILE".to_owned(), path.clone()),
+                ("PROCESSOR_API_TOKEN".to_owned(), token.to_owned()),
+            ])
+        };
+        let refused = Settings::from_source(&env("shared")).err().unwrap();
+        assert!(
+            refused.0.contains("\"soho\": field `feed_tokens`"),
+            "{refused}"
+        );
+        assert!(
+            !refused.0.contains("shared"),
+            "no secret in the message: {refused}"
+        );
+        assert!(Settings::from_source(&env("global")).is_ok());
+        std::fs::remove_file(file).unwrap();
     }
 
     #[test]

@@ -275,8 +275,8 @@ pub async fn run_periodic(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) 
         let since = until
             - chrono::Duration::from_std(worker.settings.sweep.window).expect("a sane window");
         let locations: Vec<_> = worker
-            .settings
             .locations
+            .current()
             .iter()
             .filter(|l| l.api_key().is_some())
             .cloned()

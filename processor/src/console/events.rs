@@ -98,7 +98,7 @@ pub struct Echo {
 /// Only the accounts of `location` (the implicit `default` location without an account:
 /// every account no other location claims).
 fn push_location(b: &mut QueryBuilder<'_, Postgres>, worker: &Worker, location: &str) -> bool {
-    let locations = &worker.settings.locations;
+    let locations = worker.locations.current();
     let Some(l) = locations.get(location) else {
         return false;
     };
@@ -309,8 +309,8 @@ pub async fn page(
         &EventsPage {
             frame: Frame::new(&staff, "events"),
             locations: worker
-                .settings
                 .locations
+                .current()
                 .iter()
                 .map(|l| l.id.clone())
                 .collect(),

@@ -35,8 +35,8 @@ pub async fn page(
         &LivePage {
             frame: Frame::new(&staff, "live"),
             locations: worker
-                .settings
                 .locations
+                .current()
                 .iter()
                 .map(|l| l.id.clone())
                 .collect(),
@@ -55,6 +55,16 @@ pub async fn stream(
         location: q.location.clone().filter(|l| !l.is_empty()),
         ..Default::default()
     };
+    if filter
+        .location
+        .as_deref()
+        .is_some_and(|l| !crate::api::valid_filter(l))
+    {
+        return super::view::message(
+            StatusCode::BAD_REQUEST,
+            "A location id is at most 255 bytes, without NUL.",
+        );
+    }
     let head = match crate::feed::store::head(&worker.pool).await {
         Ok(h) => h,
         Err(e) => {

@@ -78,8 +78,8 @@ async fn record(worker: &Worker, id: &str) -> Result<Option<Record>, sqlx::Error
     let account_id: String = r.try_get("account_id")?;
     let currency: Option<String> = r.try_get("amount_currency")?;
     let location = worker
-        .settings
         .locations
+        .current()
         .iter()
         .find(|l| l.owns_account(&account_id))
         .map_or_else(|| "default".to_owned(), |l| l.id.clone());

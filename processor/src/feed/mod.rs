@@ -64,6 +64,37 @@ impl FeedSettings {
     }
 }
 
+/// Keeps `feed_locations` in step with the locations served (`Worker::locations`, which
+/// follows `DOJO_LOCATIONS_FILE`): after each reload, the accounts of added or changed
+/// locations are recorded, so the updates of their payments carry their location from
+/// then on. A failed write is tried again every second until it succeeds or `stop`.
+pub async fn follow_locations(
+    worker: std::sync::Arc<crate::Worker>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut changes = worker.locations.subscribe();
+    changes.mark_unchanged();
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+        loop {
+            let locations = changes.borrow_and_update().clone();
+            match sync_locations(&worker.pool, &locations).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record the locations of the payment feed; retrying in 1 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Records which location each account belongs to, for the trigger (idempotent; run at
 /// start). The implicit `default` location has no account: unknown accounts are
 /// `default`.

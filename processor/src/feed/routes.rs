@@ -28,8 +28,8 @@ impl Scope {
         match self {
             Scope::All => true,
             Scope::Location(id) => worker
-                .settings
                 .locations
+                .current()
                 .get(id)
                 .is_some_and(|l| l.owns_account(account_id)),
         }
@@ -79,7 +79,7 @@ fn unavailable(e: &sqlx::Error) -> Refusal {
 /// The scope of the request's bearer token; a refusal when there is none.
 /// Every configured token is compared (in constant time), whichever matches.
 pub fn authorize(req: &HttpRequest, worker: &Worker) -> Result<Scope, Refusal> {
-    let locations = &worker.settings.locations;
+    let locations = worker.locations.current();
     let any_feed_token = locations.iter().any(|l| !l.feed_tokens.is_empty());
     if worker.settings.api_token.is_none() && !any_feed_token {
         return Err(Refusal::NotConfigured);
@@ -88,7 +88,12 @@ pub fn authorize(req: &HttpRequest, worker: &Worker) -> Result<Scope, Refusal> {
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        // The scheme's name is case-insensitive (RFC 9110 §11.1).
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|scheme| scheme.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
+        })
         .unwrap_or("")
         .trim();
     let mut scope = None;
@@ -115,7 +120,8 @@ pub struct FeedQuery {
     /// Return updates with a `seq` above this (the last one seen); omitted: from the
     /// oldest kept. On the stream, `Last-Event-ID` wins over it.
     after: Option<i64>,
-    /// Most updates in one page (default 100, at most 1000). Cursor API only.
+    /// Most updates in one page: 1 or more (default 100; more than 1000 return 1000).
+    /// Cursor API only.
     limit: Option<i64>,
     /// Only this location's updates (a location token: its own location only).
     location: Option<String>,
@@ -136,7 +142,8 @@ pub struct UpdatesPage {
 }
 
 /// The filter a scope and a query allow; 403 for another location's, 400 for a filter
-/// that is no id (over 255 bytes, or a NUL, which PostgreSQL text cannot hold).
+/// that is no id (over 255 bytes, or a NUL, which PostgreSQL text cannot hold), a
+/// negative `after` or a `limit` below 1.
 fn filter(scope: &Scope, q: &FeedQuery) -> Result<Filter, Refusal> {
     for (name, value) in [
         ("location", &q.location),
@@ -148,6 +155,16 @@ fn filter(scope: &Scope, q: &FeedQuery) -> Result<Filter, Refusal> {
                 "`{name}` must be at most {MAX_FILTER} bytes, without NUL"
             )));
         }
+    }
+    if q.after.is_some_and(|a| a < 0) {
+        return Err(Refusal::Invalid(
+            "`after` must be a `seq`: 0 or more".into(),
+        ));
+    }
+    if q.limit.is_some_and(|l| l < 1) {
+        return Err(Refusal::Invalid(
+            "`limit` must be 1 or more (at most 1000 are returned)".into(),
+        ));
     }
     let location = match (scope, &q.location) {
         (Scope::All, l) => l.clone(),
@@ -244,10 +261,12 @@ pub async fn open_stream(
     let last_event_id = match req.headers().get("last-event-id") {
         None => None,
         Some(v) => match v.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()) {
-            Some(seq) => Some(seq),
-            None => {
-                return Refusal::Invalid("`Last-Event-ID` must be a `seq` (an integer)".into())
-                    .answer()
+            Some(seq) if seq >= 0 => Some(seq),
+            _ => {
+                return Refusal::Invalid(
+                    "`Last-Event-ID` must be a `seq` (an integer, 0 or more)".into(),
+                )
+                .answer()
             }
         },
     };

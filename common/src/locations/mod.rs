@@ -13,6 +13,10 @@
 //! naming the location and the field, and nothing of it is used. Secrets are wrapped in
 //! [`Secret`] and never printed.
 
+pub mod directory;
+
+pub use directory::Directory;
+
 use crate::settings::{optional, ConfigError, Secret, Source};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -407,7 +411,8 @@ webhook_secrets = ["ws_camden"]
 
     #[test]
     fn the_documented_example_is_valid() {
-        let l = Locations::from_toml(include_str!("../../deploy/examples/locations.toml")).unwrap();
+        let l =
+            Locations::from_toml(include_str!("../../../deploy/examples/locations.toml")).unwrap();
         assert_eq!(l.len(), 2);
         assert!(l.get("soho").unwrap().websocket);
         assert!(l.get("camden").unwrap().rest.is_none());

@@ -1,0 +1,172 @@
+//! The locations a running service serves now, and how they change without a restart
+//! (`docs/LOCATIONS.md`, "Reload without restart"); ingress and the processor share it.
+//!
+//! - [`Directory`]: the current, validated [`Locations`], swapped whole; each request
+//!   takes one snapshot at its start, so a reload never changes a request mid-way;
+//! - [`watch_file`]: re-reads `DOJO_LOCATIONS_FILE` on SIGHUP and whenever its content
+//!   differs from what was last read (polled: reading the path each time follows a
+//!   Kubernetes Secret whose mount is swapped by symlink, where file-event watchers miss
+//!   the change), applying it only if it validates whole.
+
+use super::Locations;
+use crate::settings::ConfigError;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The current locations; cheap to clone, every clone sees every change.
+#[derive(Clone)]
+pub struct Directory {
+    current: Arc<watch::Sender<Arc<Locations>>>,
+}
+
+impl Directory {
+    pub fn new(locations: Locations) -> Self {
+        Self {
+            current: Arc::new(watch::Sender::new(Arc::new(locations))),
+        }
+    }
+
+    /// A snapshot: what this request (or reconciliation) works with to its end.
+    pub fn current(&self) -> Arc<Locations> {
+        self.current.borrow().clone()
+    }
+
+    /// Replaces the whole set at once.
+    pub fn replace(&self, locations: Locations) {
+        self.current.send_replace(Arc::new(locations));
+    }
+
+    /// Wakes on every replacement.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Locations>> {
+        self.current.subscribe()
+    }
+}
+
+/// What an applied file changed, by location id.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    pub added: usize,
+    /// The ids of the locations no longer served.
+    pub removed: Vec<String>,
+    /// Locations whose id stayed and whose settings changed.
+    pub changed: usize,
+    /// Locations served now.
+    pub total: usize,
+}
+
+/// Validates `path` whole and, if it validates, makes it the directory's current set.
+///
+/// # Errors
+/// The file's one-line reason ([`Locations::load`]); the running set then stays.
+pub fn reload(path: &str, directory: &Directory) -> Result<Reloaded, ConfigError> {
+    let locations = Locations::load(path)?;
+    let before = directory.current();
+    let reloaded = Reloaded {
+        added: locations
+            .iter()
+            .filter(|l| before.get(&l.id).is_none())
+            .count(),
+        removed: before
+            .iter()
+            .filter(|l| locations.get(&l.id).is_none())
+            .map(|l| l.id.clone())
+            .collect(),
+        changed: locations
+            .iter()
+            .filter(|l| before.get(&l.id).is_some_and(|b| **b != ***l))
+            .count(),
+        total: locations.len(),
+    };
+    directory.replace(locations);
+    Ok(reloaded)
+}
+
+/// Watches `path` (checked every `poll`, and at once on SIGHUP) until `stop` turns true,
+/// applying each new content with [`reload`] and logging the outcome (`locations file
+/// applied`, or `locations file refused` with its reason); `report` is told each
+/// outcome too (a service's metrics). With no file (`path` `None`, the single-location
+/// variables) a SIGHUP only logs that there is nothing to reload: it never stops the
+/// service.
+pub async fn watch_file<F>(
+    path: Option<String>,
+    poll: Duration,
+    directory: Directory,
+    mut stop: watch::Receiver<bool>,
+    mut report: F,
+) where
+    F: FnMut(&Result<Reloaded, ConfigError>) + Send,
+{
+    let mut last = path.as_deref().and_then(digest_of);
+    let mut hangup = hangup_signal();
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            _ = recv(&mut hangup) => true,
+            _ = stop.changed() => return,
+        };
+        let Some(path) = path.as_deref() else {
+            if forced {
+                tracing::info!("SIGHUP: no DOJO_LOCATIONS_FILE to reload");
+            }
+            continue;
+        };
+        let now = digest_of(path);
+        if !forced && now == last {
+            continue;
+        }
+        last = now;
+        let outcome = reload(path, &directory);
+        match &outcome {
+            Ok(r) => tracing::info!(
+                file = path,
+                sighup = forced,
+                added = r.added,
+                removed = r.removed.len(),
+                changed = r.changed,
+                locations = r.total,
+                "locations file applied"
+            ),
+            Err(e) => tracing::error!(
+                file = path,
+                error = %e,
+                "locations file refused; the running configuration stays"
+            ),
+        }
+        report(&outcome);
+    }
+}
+
+/// SHA-256 of the file's content; `None` while it cannot be read.
+fn digest_of(path: &str) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = Option<()>;
+
+fn hangup_signal() -> Hangup {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+async fn recv(signal: &mut Hangup) {
+    #[cfg(unix)]
+    if let Some(s) = signal {
+        s.recv().await;
+        return;
+    }
+    let _ = signal;
+    std::future::pending::<()>().await
+}
