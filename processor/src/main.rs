@@ -191,9 +191,18 @@ async fn reconcile(only: Option<String>, since: std::time::Duration) {
 async fn serve() {
     let telemetry = common::telemetry::init("processor").unwrap_or_else(|e| fail(2, e));
     let settings = Settings::from_env().unwrap_or_else(|e| fail(2, e));
-    let app = Application::build(settings)
-        .await
-        .unwrap_or_else(|e| fail(1, common::error_chain(e.as_ref())));
+    // Building waits for PostgreSQL as long as it takes; a stop meanwhile is a clean
+    // exit (0), as it is once running: nothing has been consumed yet.
+    let app = tokio::select! {
+        app = Application::build(settings) => {
+            app.unwrap_or_else(|e| fail(1, common::error_chain(e.as_ref())))
+        }
+        () = common::shutdown_signal() => {
+            tracing::info!("stopped before starting: nothing consumed");
+            telemetry.shutdown();
+            return;
+        }
+    };
     tracing::info!(addr = %app.local_addr(), "processor listening");
     let result = app.run_until_stopped(common::shutdown_signal()).await;
     // Spans still buffered are exported before exit (bounded).

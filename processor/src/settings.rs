@@ -84,6 +84,16 @@ impl Settings {
         }
         let amqp_url = or_default(src, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
         common::amqp::Brokers::parse(&amqp_url)?;
+        let database_url = or_default(
+            src,
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/dojo_events",
+        );
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError(
+                "DATABASE_URL must be a PostgreSQL URL (postgres:// or postgresql://)".into(),
+            ));
+        }
         let api_token = optional(src, "PROCESSOR_API_TOKEN").map(Secret::new);
         let locations = common::locations::Locations::from_source(src, false)?;
         if let Some(token) = &api_token {
@@ -101,11 +111,7 @@ impl Settings {
             addr: or_default(src, "PROCESSOR_ADDR", "0.0.0.0:8081"),
             amqp_url,
             redis_url: or_default(src, "REDIS_URL", "redis://127.0.0.1:6379"),
-            database_url: or_default(
-                src,
-                "DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/dojo_events",
-            ),
+            database_url,
             api_token,
             redis_prefix: or_default(src, "REDIS_KEY_PREFIX", "dojo:"),
             prefetch,
@@ -155,6 +161,16 @@ mod tests {
             "postgres://postgres@127.0.0.1:5432/dojo_events"
         );
         assert!(s.api_token.is_none());
+    }
+
+    #[test]
+    fn a_database_url_that_is_not_postgresql_is_refused_at_start() {
+        let env = |url: &str| HashMap::from([("DATABASE_URL".to_owned(), url.to_owned())]);
+        let refused = Settings::from_source(&env("mysql://root@127.0.0.1/x"))
+            .err()
+            .unwrap();
+        assert!(refused.0.contains("PostgreSQL URL"), "{refused}");
+        assert!(Settings::from_source(&env("postgresql://u@h/db")).is_ok());
     }
 
     #[test]

@@ -95,3 +95,34 @@ async fn sigkill_mid_backlog_loses_nothing_and_applies_nothing_twice() {
         scenario.distinct
     );
 }
+
+/// A processor still waiting for PostgreSQL (unreachable) stops cleanly on SIGTERM: exit 0,
+/// as the contract says of a stop, not the signal's default death (143).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_waiting_for_postgres_exits_0() {
+    use std::io::{BufRead, BufReader};
+    let services = Services::new().await.unwrap();
+    // Port 1 refuses every connection: "PostgreSQL unreachable; waiting".
+    let mut processor = command(&services)
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("processor starts");
+    let stdout = processor.stdout.take().unwrap();
+    let waiting = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("PostgreSQL unreachable"))
+    });
+    assert!(
+        tokio::time::timeout(PATIENCE, waiting)
+            .await
+            .unwrap()
+            .unwrap(),
+        "the processor says it waits for PostgreSQL"
+    );
+    let status = terminate(processor);
+    assert!(status.success(), "SIGTERM while waiting: {status:?}");
+}
