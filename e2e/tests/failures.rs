@@ -123,6 +123,39 @@ async fn every_bad_input_gets_its_status_and_nothing_is_queued() {
             "InvalidRequest",
         ),
     ];
+    let deep = DOC_EVENT.replacen(
+        "{",
+        &format!("{{\"deep\":{}{},", "[".repeat(200), "]".repeat(200)),
+        1,
+    );
+    // The event's fields in order, as an array (serde would read it as the struct).
+    let doc: serde_json::Value = serde_json::from_str(DOC_EVENT).unwrap();
+    let array = serde_json::Value::Array(
+        ["id", "event", "accountId", "createdAt", "data"]
+            .iter()
+            .map(|k| doc[k].clone())
+            .collect(),
+    )
+    .to_string();
+    for (what, body) in [
+        ("REST event nested 200 levels deep", deep),
+        ("REST event that is a JSON array", array),
+    ] {
+        cases.push((
+            what.into(),
+            http.post(&events)
+                .basic_auth(REST_USER, Some(REST_PASSWORD))
+                .body(body),
+            400,
+            "InvalidRequest",
+        ));
+    }
+    cases.push((
+        "GET on the webhook route".into(),
+        http.get(&webhook),
+        405,
+        "InvalidRequest",
+    ));
     for field in ["id", "accountId", "event", "createdAt", "data"] {
         let b = without(field);
         cases.push((

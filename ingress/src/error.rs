@@ -10,6 +10,9 @@ use common::{EposError, ErrorType};
 pub enum ApiError {
     #[error("route not configured")]
     NotConfigured,
+    /// An event route asked with another method than POST.
+    #[error("method not allowed: event routes take POST")]
+    MethodNotAllowed,
     #[error("no such location")]
     UnknownLocation,
     #[error("the event's accountId is not this location's")]
@@ -51,6 +54,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NotConfigured | Self::UnknownLocation => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::WrongAccount => StatusCode::UNAUTHORIZED,
             Self::Unauthorized(_) | Self::BadSignature(_) => StatusCode::UNAUTHORIZED,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -80,6 +84,7 @@ impl ApiError {
     pub fn label(&self) -> &'static str {
         match self {
             Self::NotConfigured => "not_configured",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::UnknownLocation => "unknown_location",
             Self::WrongAccount => "wrong_account",
             Self::Unauthorized(_) | Self::BadSignature(_) => "unauthorized",
@@ -106,6 +111,9 @@ impl ApiError {
             }
             Self::Unauthorized(_) => {
                 response.insert_header(("WWW-Authenticate", "Basic realm=\"dojo-events\""));
+            }
+            Self::MethodNotAllowed => {
+                response.insert_header(("Allow", "POST"));
             }
             _ => {}
         }

@@ -117,16 +117,22 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .route("/v1/events", web::post().to(routes::events::handle))
-                .route("/v1/webhooks/dojo", web::post().to(routes::webhook::handle))
-                .route(
+                .service(post_only(
+                    "/v1/events",
+                    web::post().to(routes::events::handle),
+                ))
+                .service(post_only(
+                    "/v1/webhooks/dojo",
+                    web::post().to(routes::webhook::handle),
+                ))
+                .service(post_only(
                     "/locations/{location}/v1/events",
                     web::post().to(routes::events::handle_at),
-                )
-                .route(
+                ))
+                .service(post_only(
                     "/locations/{location}/v1/webhooks/dojo",
                     web::post().to(routes::webhook::handle_at),
-                )
+                ))
                 .route("/healthz", web::get().to(routes::health::healthz))
                 .route("/readyz", web::get().to(routes::health::readyz))
                 .route("/metrics", web::get().to(routes::health::metrics))
@@ -188,6 +194,13 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// An event route: `post` answers POST, any other method is a 405.
+fn post_only(path: &str, post: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(post)
+        .default_service(web::to(routes::method_not_allowed))
 }
 
 /// Says at start which channels are on, for how many locations (no secret).

@@ -187,3 +187,9 @@ pub async fn accept_and_answer(
 pub async fn not_found() -> HttpResponse {
     ApiError::NotConfigured.respond(&common::telemetry::new_trace_id())
 }
+
+/// An event route asked with another method than POST: 405 with `Allow: POST`
+/// (RFC 9110 §15.5.6).
+pub async fn method_not_allowed() -> HttpResponse {
+    ApiError::MethodNotAllowed.respond(&common::telemetry::new_trace_id())
+}
