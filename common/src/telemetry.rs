@@ -28,8 +28,9 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 /// The log filter without `RUST_LOG`: `info`, but lapin's own lines off (every
 /// connection and channel problem is logged once by the services themselves, with what
-/// it means; lapin would add several ERROR lines per attempt).
-pub const DEFAULT_FILTER: &str = "info,lapin=off";
+/// it means; lapin would add several ERROR lines per attempt), and PostgreSQL's notices
+/// only from warnings up (its NOTICEs are the migrations' "already exists, skipping").
+pub const DEFAULT_FILTER: &str = "info,lapin=off,sqlx::postgres::notice=warn";
 
 /// Set when the OpenTelemetry layer is installed.
 static EXPORTING: OnceLock<bool> = OnceLock::new();

@@ -83,7 +83,12 @@ async fn main() {
         None => serve().await,
         Some(Command::Register { channel }) => register(channel).await,
         Some(Command::Healthcheck { ready }) => {
-            let addr = Settings::from_env().unwrap_or_else(|e| fail(2, e)).addr;
+            // Only the address: the probe needs no channel configured (Settings would).
+            let addr = common::settings::or_default(
+                &common::settings::Env,
+                "INGRESS_ADDR",
+                "0.0.0.0:8080",
+            );
             common::health::run("ingress", &addr, ready)
         }
     }
@@ -132,6 +137,13 @@ async fn register(channel: Channel) {
             let r = Registration::from_source(env, target).unwrap_or_else(|e| fail(2, e));
             vec![(String::new(), Ok(r))]
         };
+    if registrations.is_empty() {
+        // `--all` over a file where no location has this channel: say so, not silence.
+        fail(
+            2,
+            "no location to register: no location of the file has `websocket = true`",
+        );
+    }
     // The shared Dojo client's configuration: timeouts, URL and version in one place.
     let http = common::dojo_api::ApiConfig::from_source(env)
         .unwrap_or_else(|e| fail(2, e))

@@ -217,3 +217,22 @@ async fn each_location_registers_with_its_own_key_and_one_failure_stops_no_other
     let _ = std::fs::remove_file(&path);
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_ws_all_without_a_websocket_location_says_so() {
+    let sims = simulator::locations::generate(2, 7);
+    let path = std::env::temp_dir().join(format!("register-nows-{}.toml", std::process::id()));
+    std::fs::write(&path, simulator::locations::to_toml(&sims, false)).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ingress"));
+    cmd.args(["register", "ws", "--all"])
+        .env("DOJO_LOCATIONS_FILE", &path)
+        .env("DOJO_API_URL", "http://127.0.0.1:1")
+        .env_remove("DOJO_API_KEY");
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("ingress runs"))
+        .await
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("websocket = true"), "{stderr}");
+}

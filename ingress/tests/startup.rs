@@ -125,3 +125,24 @@ fn refused_credentials_an_unknown_vhost_and_an_unreachable_broker_are_told_apart
         assert!(!line.contains("wrong-password"), "{line}");
     }
 }
+
+/// `ingress healthcheck` (the images' probe) needs only the address: without any
+/// channel configured it probes, and a closed port is "unhealthy" (exit 1), not bad
+/// configuration (exit 2).
+#[test]
+fn the_healthcheck_needs_only_the_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = ingress()
+        .env("INGRESS_ADDR", format!("127.0.0.1:{port}"))
+        .arg("healthcheck")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unhealthy"), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}

@@ -89,7 +89,12 @@ async fn main() {
             location, since, ..
         }) => reconcile(location, since).await,
         Some(Command::Healthcheck { ready }) => {
-            let addr = Settings::from_env().unwrap_or_else(|e| fail(2, e)).addr;
+            // Only the address, as the service reads it.
+            let addr = common::settings::or_default(
+                &common::settings::Env,
+                "PROCESSOR_ADDR",
+                "0.0.0.0:8081",
+            );
             common::health::run("processor", &addr, ready)
         }
     }
