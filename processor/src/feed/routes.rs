@@ -119,9 +119,11 @@ pub fn authorize(req: &HttpRequest, worker: &Worker) -> Result<Scope, Refusal> {
 pub struct FeedQuery {
     /// Return updates with a `seq` above this (the last one seen); omitted: from the
     /// oldest kept. On the stream, `Last-Event-ID` wins over it.
+    #[param(minimum = 0)]
     after: Option<i64>,
     /// Most updates in one page: 1 or more (default 100; more than 1000 return 1000).
     /// Cursor API only.
+    #[param(minimum = 1)]
     limit: Option<i64>,
     /// Only this location's updates (a location token: its own location only).
     location: Option<String>,
@@ -222,7 +224,7 @@ pub async fn updates(
     description = "The same updates as Server-Sent Events: `event: payment_update`, `id:` the `seq`, `data:` the update as JSON; `retry:` once; comment lines as heartbeats. Resume with `Last-Event-ID` (or `after`). A client too slow to read is cut off after a comment `: slow consumer, resume with Last-Event-ID` (docs/FEED.md).",
     params(
         FeedQuery,
-        ("Last-Event-ID" = Option<i64>, Header, description = "The last `seq` received: resume after it"),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "The last `seq` received: resume after it"),
     ),
     responses(
         (status = 200, description = "The stream", content_type = "text/event-stream", body = String),
