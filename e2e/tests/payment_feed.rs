@@ -871,8 +871,8 @@ async fn a_stopping_processor_ends_its_streams_with_a_hint_instead_of_waiting_fo
     );
 }
 
-/// Found by Schemathesis: filters no record can have reached the database (a NUL: 503),
-/// and malformed numbers got actix's plain-text 400 or were ignored (`Last-Event-ID`).
+/// The processor follows the locations file (docs/LOCATIONS.md, "Reload without
+/// restart"): tokens added, rotated and removed, and a new location's account recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_locations_file_changes_the_tills_tokens_and_labels_new_locations() {
     let services = Services::new().await.unwrap();
@@ -945,6 +945,8 @@ async fn a_reloaded_locations_file_changes_the_tills_tokens_and_labels_new_locat
     p.running.stop().await;
 }
 
+/// Found by Schemathesis: filters no record can have reached the database (a NUL: 503),
+/// and malformed numbers got actix's plain-text 400 or were ignored (`Last-Event-ID`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_queries_get_a_400_epos_error() {
     let services = Services::new().await.unwrap();
