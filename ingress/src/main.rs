@@ -177,6 +177,8 @@ async fn register(channel: Channel) {
 }
 
 async fn serve() {
+    // SIGHUP is the locations file's reload, from the very start: never a stop.
+    common::locations::directory::take_hangup();
     let telemetry = common::telemetry::init("ingress").unwrap_or_else(|e| fail(2, e));
     let settings = Settings::from_env().unwrap_or_else(|e| fail(2, e));
     let app =

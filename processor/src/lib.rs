@@ -186,6 +186,12 @@ impl Application {
             self.worker.settings.locations_poll,
             self.worker.locations.clone(),
             stopped.clone(),
+            {
+                let api_token = self.worker.settings.api_token.clone();
+                move |l: &common::locations::Locations| {
+                    settings::feed_tokens_apart(l, api_token.as_ref())
+                }
+            },
             |_| {},
         ));
         let accounts = tokio::spawn(feed::follow_locations(self.worker.clone(), stopped.clone()));

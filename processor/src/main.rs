@@ -194,6 +194,8 @@ async fn reconcile(only: Option<String>, since: std::time::Duration) {
 }
 
 async fn serve() {
+    // A SIGHUP while waiting for PostgreSQL is not a stop (the file watcher starts later).
+    common::locations::directory::take_hangup();
     let telemetry = common::telemetry::init("processor").unwrap_or_else(|e| fail(2, e));
     let settings = Settings::from_env().unwrap_or_else(|e| fail(2, e));
     // Building waits for PostgreSQL as long as it takes; a stop meanwhile is a clean

@@ -96,17 +96,7 @@ impl Settings {
         }
         let api_token = optional(src, "PROCESSOR_API_TOKEN").map(Secret::new);
         let locations = common::locations::Locations::from_source(src, false)?;
-        if let Some(token) = &api_token {
-            if let Some(l) = locations
-                .iter()
-                .find(|l| l.feed_tokens.iter().any(|t| t.expose() == token.expose()))
-            {
-                return Err(ConfigError(format!(
-                    "location {:?}: field `feed_tokens`: a token equals PROCESSOR_API_TOKEN (its tills would read every location)",
-                    l.id
-                )));
-            }
-        }
+        feed_tokens_apart(&locations, api_token.as_ref())?;
         Ok(Self {
             addr: or_default(src, "PROCESSOR_ADDR", "0.0.0.0:8081"),
             amqp_url,
@@ -143,6 +133,30 @@ impl Settings {
             feed: crate::feed::FeedSettings::from_source(src)?,
             console: crate::console::settings::ConsoleSettings::from_source(src)?,
         })
+    }
+}
+
+/// Refuses locations one of whose till tokens is the global read-API token (its tills
+/// would read every location): at start, and for every reloaded file.
+///
+/// # Errors
+/// The location and field, never the token.
+pub fn feed_tokens_apart(
+    locations: &common::locations::Locations,
+    api_token: Option<&Secret>,
+) -> Result<(), ConfigError> {
+    let Some(token) = api_token else {
+        return Ok(());
+    };
+    match locations
+        .iter()
+        .find(|l| l.feed_tokens.iter().any(|t| t.expose() == token.expose()))
+    {
+        Some(l) => Err(ConfigError(format!(
+            "location {:?}: field `feed_tokens`: a token equals PROCESSOR_API_TOKEN (its tills would read every location)",
+            l.id
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -198,6 +212,26 @@ mod tests {
             "no secret in the message: {refused}"
         );
         assert!(Settings::from_source(&env("global")).is_ok());
+        // A reloaded file with such a token is refused whole; the running set stays.
+        let running = Settings::from_source(&env("global")).unwrap().locations;
+        let directory = common::locations::Directory::new(running);
+        let global = Secret::new("shared");
+        let refused = common::locations::directory::reload(&path, &directory, &|l| {
+            feed_tokens_apart(l, Some(&global))
+        })
+        .unwrap_err();
+        assert!(refused.0.contains("PROCESSOR_API_TOKEN"), "{refused}");
+        assert!(directory.current().get("soho").is_some());
+        std::fs::write(
+            &file,
+            "[[location]]\nid = \"leeds\"\naccount_id = \"acc_leeds\"\nfeed_tokens = [\"t2\"]\n",
+        )
+        .unwrap();
+        common::locations::directory::reload(&path, &directory, &|l| {
+            feed_tokens_apart(l, Some(&global))
+        })
+        .unwrap();
+        assert!(directory.current().get("leeds").is_some(), "not vacuous");
         std::fs::remove_file(file).unwrap();
     }
 

@@ -96,8 +96,9 @@ async fn sigkill_mid_backlog_loses_nothing_and_applies_nothing_twice() {
     );
 }
 
-/// A processor still waiting for PostgreSQL (unreachable) stops cleanly on SIGTERM: exit 0,
-/// as the contract says of a stop, not the signal's default death (143).
+/// A processor still waiting for PostgreSQL (unreachable) survives a SIGHUP and stops
+/// cleanly on SIGTERM: exit 0, as the contract says of a stop, not the signals' default
+/// death (129, 143).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_waiting_for_postgres_exits_0() {
     use std::io::{BufRead, BufReader};
@@ -123,6 +124,15 @@ async fn sigterm_while_waiting_for_postgres_exits_0() {
             .unwrap(),
         "the processor says it waits for PostgreSQL"
     );
+    // A SIGHUP meanwhile (an operator reloading the locations) changes nothing either.
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &processor.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
     let status = terminate(processor);
-    assert!(status.success(), "SIGTERM while waiting: {status:?}");
+    assert!(
+        status.success(),
+        "SIGHUP, then SIGTERM while waiting: {status:?}"
+    );
 }

@@ -56,12 +56,18 @@ pub struct Reloaded {
     pub total: usize,
 }
 
-/// Validates `path` whole and, if it validates, makes it the directory's current set.
+/// Validates `path` whole (with [`Locations::load`], then the service's own `check`)
+/// and, if it validates, makes it the directory's current set.
 ///
 /// # Errors
-/// The file's one-line reason ([`Locations::load`]); the running set then stays.
-pub fn reload(path: &str, directory: &Directory) -> Result<Reloaded, ConfigError> {
+/// The file's one-line reason; the running set then stays.
+pub fn reload(
+    path: &str,
+    directory: &Directory,
+    check: &dyn Fn(&Locations) -> Result<(), ConfigError>,
+) -> Result<Reloaded, ConfigError> {
     let locations = Locations::load(path)?;
+    check(&locations)?;
     let before = directory.current();
     let reloaded = Reloaded {
         added: locations
@@ -84,18 +90,20 @@ pub fn reload(path: &str, directory: &Directory) -> Result<Reloaded, ConfigError
 }
 
 /// Watches `path` (checked every `poll`, and at once on SIGHUP) until `stop` turns true,
-/// applying each new content with [`reload`] and logging the outcome (`locations file
-/// applied`, or `locations file refused` with its reason); `report` is told each
-/// outcome too (a service's metrics). With no file (`path` `None`, the single-location
-/// variables) a SIGHUP only logs that there is nothing to reload: it never stops the
-/// service.
-pub async fn watch_file<F>(
+/// applying each new content that passes `check` with [`reload`] and logging the
+/// outcome (`locations file applied`, or `locations file refused` with its reason);
+/// `report` is told each outcome too (a service's metrics). With no file (`path`
+/// `None`, the single-location variables) a SIGHUP only logs that there is nothing to
+/// reload: it never stops the service.
+pub async fn watch_file<C, F>(
     path: Option<String>,
     poll: Duration,
     directory: Directory,
     mut stop: watch::Receiver<bool>,
+    check: C,
     mut report: F,
 ) where
+    C: Fn(&Locations) -> Result<(), ConfigError> + Send,
     F: FnMut(&Result<Reloaded, ConfigError>) + Send,
 {
     let mut last = path.as_deref().and_then(digest_of);
@@ -119,7 +127,7 @@ pub async fn watch_file<F>(
             continue;
         }
         last = now;
-        let outcome = reload(path, &directory);
+        let outcome = reload(path, &directory, &check);
         match &outcome {
             Ok(r) => tracing::info!(
                 file = path,
@@ -138,6 +146,14 @@ pub async fn watch_file<F>(
         }
         report(&outcome);
     }
+}
+
+/// Takes SIGHUP from the process's start: without it, a SIGHUP before [`watch_file`]
+/// runs (a service still waiting for its database) is the signal's default, death.
+/// Once taken, a SIGHUP nobody waits for is ignored (Tokio keeps the handler for the
+/// process's life). Call early in `main`, inside the runtime.
+pub fn take_hangup() {
+    drop(hangup_signal());
 }
 
 /// SHA-256 of the file's content; `None` while it cannot be read.

@@ -23,21 +23,30 @@ pub async fn watch_file(
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) {
-    directory::watch_file(path, poll, directory, stop, |outcome| match outcome {
-        Ok(reloaded) => {
-            metrics.locations.set(reloaded.total as i64);
-            for id in &reloaded.removed {
-                metrics.forget_location(id);
+    // Ingress has no check of its own beyond the file's validation.
+    let check = |_: &common::locations::Locations| Ok(());
+    directory::watch_file(
+        path,
+        poll,
+        directory,
+        stop,
+        check,
+        |outcome| match outcome {
+            Ok(reloaded) => {
+                metrics.locations.set(reloaded.total as i64);
+                for id in &reloaded.removed {
+                    metrics.forget_location(id);
+                }
+                metrics
+                    .locations_reloads
+                    .with_label_values(&["applied"])
+                    .inc();
             }
-            metrics
+            Err(_) => metrics
                 .locations_reloads
-                .with_label_values(&["applied"])
-                .inc();
-        }
-        Err(_) => metrics
-            .locations_reloads
-            .with_label_values(&["refused"])
-            .inc(),
-    })
+                .with_label_values(&["refused"])
+                .inc(),
+        },
+    )
     .await
 }
