@@ -49,17 +49,28 @@ async fn feed_processor(
     poll_ms: &str,
 ) -> RunningProcessor {
     let path = locations.0.to_string_lossy().into_owned();
-    processor(
+    feed_processor_with(
         services,
-        &[
-            ("DOJO_LOCATIONS_FILE", &path),
-            ("ENRICH_ENABLED", "false"),
-            ("SWEEP_INTERVAL", "0"),
-            ("FEED_POLL_MS", poll_ms),
-            ("FEED_HEARTBEAT_SECS", "1"),
-        ],
+        &path,
+        &[("FEED_POLL_MS", poll_ms), ("FEED_HEARTBEAT_SECS", "1")],
     )
     .await
+}
+
+/// A processor serving the locations file at `path`, without detail fetches or sweeps,
+/// with `extra` settings.
+async fn feed_processor_with(
+    services: &Services,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> RunningProcessor {
+    let mut env = vec![
+        ("DOJO_LOCATIONS_FILE", path),
+        ("ENRICH_ENABLED", "false"),
+        ("SWEEP_INTERVAL", "0"),
+    ];
+    env.extend_from_slice(extra);
+    processor(services, &env).await
 }
 
 /// Applies one event of `account` through the processor's apply path.
@@ -627,16 +638,7 @@ async fn a_slow_client_is_cut_off_with_a_hint_to_resume() {
     let services = Services::new().await.unwrap();
     let locations = Locations::new();
     let path = locations.0.to_string_lossy().into_owned();
-    let p = processor(
-        &services,
-        &[
-            ("DOJO_LOCATIONS_FILE", &path),
-            ("ENRICH_ENABLED", "false"),
-            ("SWEEP_INTERVAL", "0"),
-            ("FEED_CLIENT_BUFFER", "2"),
-        ],
-    )
-    .await;
+    let p = feed_processor_with(&services, &path, &[("FEED_CLIENT_BUFFER", "2")]).await;
     for b in 0..20 {
         many(&p.worker.pool, "acc_soho", &format!("b{b}"), 1000).await;
     }
@@ -685,15 +687,7 @@ async fn tills_of_every_location_end_with_each_payment_final_status_and_nothing_
             ("DOJO_SOFTWARE_HOUSE_ID", "shid-test"),
         ],
     );
-    let p = processor(
-        &services,
-        &[
-            ("DOJO_LOCATIONS_FILE", &file),
-            ("ENRICH_ENABLED", "false"),
-            ("SWEEP_INTERVAL", "0"),
-        ],
-    )
-    .await;
+    let p = feed_processor_with(&services, &file, &[]).await;
     ws.wait_for_open(sims.len(), PATIENCE).await.unwrap();
     ready(&ingress.url).await;
 
@@ -884,16 +878,7 @@ async fn a_reloaded_locations_file_changes_the_tills_tokens_and_labels_new_locat
     let services = Services::new().await.unwrap();
     let locations = Locations::new();
     let path = locations.0.to_string_lossy().into_owned();
-    let p = processor(
-        &services,
-        &[
-            ("DOJO_LOCATIONS_FILE", &path),
-            ("PROCESSOR_LOCATIONS_POLL_MS", "50"),
-            ("ENRICH_ENABLED", "false"),
-            ("SWEEP_INTERVAL", "0"),
-        ],
-    )
-    .await;
+    let p = feed_processor_with(&services, &path, &[("PROCESSOR_LOCATIONS_POLL_MS", "50")]).await;
     let url = p.running.url.clone();
     let pool = p.worker.pool.clone();
     let client = reqwest::Client::new();

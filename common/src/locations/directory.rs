@@ -95,6 +95,10 @@ pub fn reload(
 /// `report` is told each outcome too (a service's metrics). With no file (`path`
 /// `None`, the single-location variables) a SIGHUP only logs that there is nothing to
 /// reload: it never stops the service.
+///
+/// The first check reads the file at once and applies it if it differs from the
+/// directory (a change made while the service was starting, say waiting for its
+/// database); an unchanged file is not logged or reported then.
 pub async fn watch_file<C, F>(
     path: Option<String>,
     poll: Duration,
@@ -106,7 +110,9 @@ pub async fn watch_file<C, F>(
     C: Fn(&Locations) -> Result<(), ConfigError> + Send,
     F: FnMut(&Result<Reloaded, ConfigError>) + Send,
 {
-    let mut last = path.as_deref().and_then(digest_of);
+    // Unknown at first: the first tick compares the file with the directory itself.
+    let mut last = None;
+    let mut first = true;
     let mut hangup = hangup_signal();
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -123,11 +129,17 @@ pub async fn watch_file<C, F>(
             continue;
         };
         let now = digest_of(path);
-        if !forced && now == last {
+        if !forced && now == last && !first {
             continue;
         }
         last = now;
         let outcome = reload(path, &directory, &check);
+        let quiet = std::mem::take(&mut first)
+            && !forced
+            && matches!(&outcome, Ok(r) if r.added == 0 && r.removed.is_empty() && r.changed == 0);
+        if quiet {
+            continue;
+        }
         match &outcome {
             Ok(r) => tracing::info!(
                 file = path,
@@ -185,4 +197,43 @@ async fn recv(signal: &mut Hangup) {
     }
     let _ = signal;
     std::future::pending::<()>().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file that changed while the service was starting (it differs from the set the
+    /// service began with) is applied at the watcher's first check, not at the next change.
+    #[tokio::test]
+    async fn a_change_made_before_the_watcher_starts_is_applied() {
+        let file = std::env::temp_dir().join(format!("watch-{}.toml", std::process::id()));
+        std::fs::write(
+            &file,
+            "[[location]]\nid = \"later\"\naccount_id = \"acc_b\"\n",
+        )
+        .unwrap();
+        let at_start =
+            Locations::from_toml("[[location]]\nid = \"first\"\naccount_id = \"acc_a\"\n").unwrap();
+        let directory = Directory::new(at_start);
+        let mut changes = directory.subscribe();
+        let (stop, stopped) = watch::channel(false);
+        let watcher = tokio::spawn(watch_file(
+            Some(file.to_string_lossy().into_owned()),
+            Duration::from_secs(3600),
+            directory.clone(),
+            stopped,
+            |_: &Locations| Ok(()),
+            |_| {},
+        ));
+        tokio::time::timeout(Duration::from_secs(10), changes.changed())
+            .await
+            .expect("applied at the first check, without waiting for the hour's poll")
+            .unwrap();
+        assert!(directory.current().get("later").is_some());
+        assert!(directory.current().get("first").is_none());
+        stop.send_replace(true);
+        watcher.await.unwrap();
+        std::fs::remove_file(file).unwrap();
+    }
 }
