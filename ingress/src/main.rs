@@ -84,11 +84,7 @@ async fn main() {
         Some(Command::Register { channel }) => register(channel).await,
         Some(Command::Healthcheck { ready }) => {
             // Only the address: the probe needs no channel configured (Settings would).
-            let addr = common::settings::or_default(
-                &common::settings::Env,
-                "INGRESS_ADDR",
-                "0.0.0.0:8080",
-            );
+            let addr = ingress::settings::listen_addr(&common::settings::Env);
             common::health::run("ingress", &addr, ready)
         }
     }

@@ -65,6 +65,12 @@ pub struct Settings {
     pub ws: WsSettings,
 }
 
+/// `INGRESS_ADDR`: the HTTP listen address, `host:port` (default `0.0.0.0:8080`).
+/// Read alone by `ingress healthcheck`, which needs no channel configured.
+pub fn listen_addr(src: &dyn Source) -> String {
+    or_default(src, "INGRESS_ADDR", "0.0.0.0:8080")
+}
+
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_source(&common::settings::Env)
@@ -144,7 +150,7 @@ impl Settings {
                 parsed(src, "INGRESS_LOCATIONS_POLL_MS", 1_000u64)?.max(10),
             ),
             ws,
-            addr: or_default(src, "INGRESS_ADDR", "0.0.0.0:8080"),
+            addr: listen_addr(src),
             amqp_url,
             publish_timeout: Duration::from_millis(parsed(
                 src,

@@ -90,11 +90,7 @@ async fn main() {
         }) => reconcile(location, since).await,
         Some(Command::Healthcheck { ready }) => {
             // Only the address, as the service reads it.
-            let addr = common::settings::or_default(
-                &common::settings::Env,
-                "PROCESSOR_ADDR",
-                "0.0.0.0:8081",
-            );
+            let addr = processor::settings::listen_addr(&common::settings::Env);
             common::health::run("processor", &addr, ready)
         }
     }

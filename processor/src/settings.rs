@@ -58,6 +58,12 @@ pub struct Settings {
     pub console: crate::console::settings::ConsoleSettings,
 }
 
+/// `PROCESSOR_ADDR`: the HTTP listen address (health, metrics, read API, feed,
+/// console), `host:port` (default `0.0.0.0:8081`). Read alone by `processor healthcheck`.
+pub fn listen_addr(src: &dyn Source) -> String {
+    or_default(src, "PROCESSOR_ADDR", "0.0.0.0:8081")
+}
+
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_source(&common::settings::Env)
@@ -98,7 +104,7 @@ impl Settings {
         let locations = common::locations::Locations::from_source(src, false)?;
         feed_tokens_apart(&locations, api_token.as_ref())?;
         Ok(Self {
-            addr: or_default(src, "PROCESSOR_ADDR", "0.0.0.0:8081"),
+            addr: listen_addr(src),
             amqp_url,
             redis_url: or_default(src, "REDIS_URL", "redis://127.0.0.1:6379"),
             database_url,

@@ -55,7 +55,8 @@ pub async fn hold(
         if let Some(conn) = &connection {
             if try_declare(conn).await {
                 if grace_until.take().is_none() {
-                    tracing::info!(broker = %redacted, "holding the WebSocket lease: opening this replica's sockets to Dojo");
+                    // Held with or without WebSocket locations: a reloaded file may add one.
+                    tracing::info!(broker = %redacted, "holding the WebSocket lease: this replica opens the sockets of the locations with websocket = true");
                 }
                 set(&held, &metrics, true);
                 wait_until_lost(conn, &mut stop).await;
