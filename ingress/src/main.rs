@@ -39,8 +39,9 @@ struct Which {
     /// Register this location of DOJO_LOCATIONS_FILE, with its own API key.
     #[arg(long, conflicts_with = "all")]
     location: Option<String>,
-    /// Register every location of DOJO_LOCATIONS_FILE (for ws: those with
-    /// websocket = true); one failing does not stop the others.
+    /// Register every location of DOJO_LOCATIONS_FILE that has the channel (ws:
+    /// websocket = true; rest: rest_username and rest_password); one failing does not
+    /// stop the others.
     #[arg(long)]
     all: bool,
 }
@@ -135,9 +136,14 @@ async fn register(channel: Channel) {
         };
     if registrations.is_empty() {
         // `--all` over a file where no location has this channel: say so, not silence.
+        let channel = if rest_url.is_some() {
+            "`rest_username` and `rest_password`"
+        } else {
+            "`websocket = true`"
+        };
         fail(
             2,
-            "no location to register: no location of the file has `websocket = true`",
+            format!("no location to register: no location of the file has {channel}"),
         );
     }
     // The shared Dojo client's configuration: timeouts, URL and version in one place.

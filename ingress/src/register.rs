@@ -95,8 +95,10 @@ impl Registration {
         Self::with_key(src, key, target)
     }
 
-    /// The locations `--location ID` or `--all` name: every location of the file with
-    /// `--all` (for WebSocket, those with `websocket = true`).
+    /// The locations `--location ID` or `--all` name. With `--all`, the file's locations
+    /// that have the channel: `websocket = true` for WebSocket, `rest_username` and
+    /// `rest_password` for REST (a webhooks-only location is not registered). Empty when
+    /// none has it; an unknown `ID` is an error.
     pub fn chosen<'a>(
         locations: &'a Locations,
         only: Option<&str>,
@@ -109,7 +111,13 @@ impl Registration {
                 .ok_or_else(|| ConfigError(format!("no location {id:?} in the locations"))),
             None => Ok(locations
                 .iter()
-                .filter(|l| !websocket || l.websocket)
+                .filter(|l| {
+                    if websocket {
+                        l.websocket
+                    } else {
+                        l.rest.is_some()
+                    }
+                })
                 .map(|l| &**l)
                 .collect()),
         }
@@ -308,6 +316,45 @@ mod tests {
         let err =
             Registration::from_source(&HashMap::<String, String>::new(), Target::Ws).unwrap_err();
         assert!(err.to_string().contains("DOJO_API_KEY"));
+    }
+
+    #[test]
+    fn all_chooses_the_locations_that_have_the_channel() {
+        let locations = Locations::from_toml(
+            r#"
+            [[location]]
+            id = "soho"
+            account_id = "acc_1"
+            api_keys = ["sk_1"]
+            rest_username = "dojo-soho"
+            rest_password = "p"
+            websocket = true
+            [[location]]
+            id = "camden"
+            account_id = "acc_2"
+            webhook_secrets = ["ws_2"]
+            [[location]]
+            id = "leeds"
+            account_id = "acc_3"
+            api_keys = ["sk_3"]
+            rest_username = "dojo-leeds"
+            rest_password = "p"
+            "#,
+        )
+        .unwrap();
+        let ids = |websocket| -> Vec<String> {
+            Registration::chosen(&locations, None, websocket)
+                .unwrap()
+                .iter()
+                .map(|l| l.id.clone())
+                .collect()
+        };
+        assert_eq!(ids(true), ["soho"]);
+        assert_eq!(ids(false), ["soho", "leeds"]);
+        // `--location` names one, whatever it has (its registration then says what is missing).
+        let one = Registration::chosen(&locations, Some("camden"), false).unwrap();
+        assert_eq!(one[0].id, "camden");
+        assert!(Registration::chosen(&locations, Some("nope"), true).is_err());
     }
 
     #[test]
