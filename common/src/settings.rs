@@ -73,6 +73,20 @@ where
     }
 }
 
+/// Parses a variable that must be at least `min` (a count, a timeout), or takes the
+/// default when it is unset: `NAME must be at least MIN` otherwise, never a panic later.
+pub fn at_least<T>(src: &dyn Source, name: &str, default: T, min: T) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + fmt::Display,
+    T::Err: fmt::Display,
+{
+    let value = parsed(src, name, default)?;
+    if value < min {
+        return Err(ConfigError(format!("{name} must be at least {min}")));
+    }
+    Ok(value)
+}
+
 /// Strips the password from a URL so it can be logged.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

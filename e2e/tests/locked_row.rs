@@ -124,3 +124,70 @@ async fn rows_locked_by_the_pos_stall_only_their_own_payments() {
     processor.running.stop().await;
     ingress.stop().await;
 }
+
+/// A payment locked for longer than every retry: its event is dead-lettered with the
+/// number of attempts, and `dojo_processor_events_total` counts that last failure as
+/// `dead`, each earlier one as `retried` (OPERATIONS.md, "Metrics").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_locked_past_every_retry_is_dead_lettered_and_counted_dead() {
+    let services = Services::new().await.unwrap();
+    let ingress = ingress(&services, &[]);
+    let processor = processor(
+        &services,
+        &[
+            ("PROCESSOR_DB_LOCK_TIMEOUT_MS", "200"),
+            ("PROCESSOR_RETRY_DELAYS", "100ms"),
+            ("PROCESSOR_RETRY_ATTEMPTS", "2"),
+        ],
+    )
+    .await;
+    ready(&ingress.url).await;
+    let dojo = dojo(&ingress);
+    let pool = services.db.pool().await.unwrap();
+    let start = Utc::now() - Span::minutes(1);
+    let pi = "pi_locked_long";
+    let created = Event::new("evt_long_0", CREATED, pi, "Created", start);
+    assert_eq!(dojo.webhook(&created.body()).await.unwrap().status(), 200);
+    wait_until(pi, PATIENCE, || intent(&pool, pi)).await;
+
+    let mut pos = sqlx::PgConnection::connect(&services.db.url())
+        .await
+        .unwrap();
+    let mut tx = pos.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM payment_intents WHERE payment_intent_id = $1 FOR UPDATE")
+        .bind(pi)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let captured = Event::new(
+        "evt_long_1",
+        UPDATED,
+        pi,
+        "Captured",
+        start + Span::seconds(1),
+    );
+    assert_eq!(dojo.webhook(&captured.body()).await.unwrap().status(), 200);
+    wait_until("the update dead-lettered", PATIENCE, || async {
+        (services.vhost.ready_messages(DEAD_QUEUE).await.ok()? == 1).then_some(())
+    })
+    .await;
+    tx.rollback().await.unwrap();
+
+    let outcome = |label: &str| {
+        processor
+            .worker
+            .metrics
+            .processed
+            .with_label_values(&[label])
+            .get()
+    };
+    assert_eq!(
+        outcome("dead"),
+        1,
+        "the last attempt's failure is a dead letter"
+    );
+    assert_eq!(outcome("retried"), 2, "two attempts scheduled before it");
+    assert_eq!(intent(&pool, pi).await.unwrap().status, "Created");
+    processor.running.stop().await;
+    ingress.stop().await;
+}

@@ -2,7 +2,7 @@
 //! tuning knobs of our own, all optional). Validated once at start.
 
 use common::locations::Locations;
-use common::settings::{optional, or_default, parsed, ConfigError, Source};
+use common::settings::{at_least, optional, or_default, parsed, ConfigError, Source};
 use std::time::Duration;
 
 pub use common::locations::RestCredentials;
@@ -77,12 +77,7 @@ impl Settings {
     }
 
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
-        let publish_channels = parsed(src, "INGRESS_PUBLISH_CHANNELS", 1usize)?;
-        if publish_channels == 0 {
-            return Err(ConfigError(
-                "INGRESS_PUBLISH_CHANNELS must be at least 1".into(),
-            ));
-        }
+        let publish_channels = at_least(src, "INGRESS_PUBLISH_CHANNELS", 1usize, 1)?;
         let locations_file = optional(src, "DOJO_LOCATIONS_FILE");
         let ws_url = optional(src, "DOJO_WS_URL");
         // Round 1's single location: a socket only with both DOJO_WS_URL and DOJO_API_KEY.
@@ -152,14 +147,16 @@ impl Settings {
             ws,
             addr: listen_addr(src),
             amqp_url,
-            publish_timeout: Duration::from_millis(parsed(
+            // 0 would refuse every delivery (no confirm arrives in no time).
+            publish_timeout: Duration::from_millis(at_least(
                 src,
                 "INGRESS_PUBLISH_TIMEOUT_MS",
                 5_000,
+                1,
             )?),
             publish_channels,
             workers: optional(src, "INGRESS_WORKERS")
-                .map(|_| parsed(src, "INGRESS_WORKERS", 1usize))
+                .map(|_| at_least(src, "INGRESS_WORKERS", 1usize, 1))
                 .transpose()?,
             reconnect_max: Duration::from_millis(parsed(src, "INGRESS_RECONNECT_MAX_MS", 5_000)?),
         })
@@ -206,6 +203,21 @@ mod tests {
                 err.contains("AMQP_URL") && !err.contains("guest:guest"),
                 "{url}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn zero_counts_and_timeouts_are_refused_with_their_name() {
+        // INGRESS_WORKERS=0 panicked in actix; a publish timeout of 0 refused every delivery.
+        for name in [
+            "INGRESS_WORKERS",
+            "INGRESS_PUBLISH_TIMEOUT_MS",
+            "INGRESS_PUBLISH_CHANNELS",
+        ] {
+            let err = Settings::from_source(&src(&[(name, "0"), ("DOJO_WEBHOOK_SECRETS", "s")]))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(err, format!("configuration: {name} must be at least 1"));
         }
     }
 

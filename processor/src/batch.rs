@@ -12,7 +12,7 @@ use crate::apply::{apply, Incoming};
 use crate::dedupe::Claim;
 use crate::handle::{parse, traceparent, Verdict};
 use crate::rule::Outcome;
-use crate::settle::{dead_letter, retry_later};
+use crate::settle::{dead_letter, next_retry_queue, retry_later};
 use crate::Worker;
 use common::telemetry::{adopt, Ids};
 use common::topology;
@@ -512,12 +512,15 @@ async fn settle_one(
                 .await
         }
         Verdict::Retry(error) => {
-            span.record("dojo.outcome", "retried");
-            worker
-                .metrics
-                .processed
-                .with_label_values(&["retried"])
-                .inc();
+            // The last attempt's failure is a dead letter, and counted as one.
+            let outcome = if next_retry_queue(worker, delivery).is_some() {
+                "retried"
+            } else {
+                span.record("otel.status_code", "ERROR");
+                "dead"
+            };
+            span.record("dojo.outcome", outcome);
+            worker.metrics.processed.with_label_values(&[outcome]).inc();
             retry_later(worker, channel, delivery, error)
                 .instrument(span.clone())
                 .await

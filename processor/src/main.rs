@@ -56,13 +56,10 @@ enum Dlq {
         json: bool,
     },
     /// Send dead letters back to the work queue (each dead copy once).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["all", "event_id"])))]
     Replay {
         /// Every dead letter.
-        #[arg(
-            long,
-            conflicts_with = "event_id",
-            required_unless_present = "event_id"
-        )]
+        #[arg(long)]
         all: bool,
         /// Only the dead letters of this event id.
         #[arg(long)]
@@ -72,7 +69,7 @@ enum Dlq {
 
 fn parse_since(text: &str) -> Result<std::time::Duration, String> {
     processor::retry::parse_delay(text)
-        .ok_or_else(|| format!("{text:?}: a duration like 90m, 24h, 7d"))
+        .ok_or_else(|| format!("{text:?}: a duration like 90m, 24h, 7d (at most 3650d)"))
 }
 
 fn fail(code: i32, message: impl std::fmt::Display) -> ! {

@@ -31,21 +31,32 @@ impl Default for Schedule {
     }
 }
 
-/// `1500ms`, `5s`, `2m`, `3h`, `7d`: a positive duration.
+/// The longest duration [`parse_delay`] accepts: 3,650 days (about ten years), far
+/// beyond any retention or window, and short enough for any date arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(3_650 * 86_400);
+
+/// The longest retry delay: RabbitMQ's `x-message-ttl` is at most 2^32 - 1 ms
+/// (about 49.7 days); a longer delay queue could not be declared.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_millis(u32::MAX as u64);
+
+/// `1500ms`, `5s`, `2m`, `3h`, `7d`: a positive duration up to [`MAX_DURATION`];
+/// `None` for anything else.
 pub fn parse_delay(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = text.split_at(split);
     let n: u64 = n.parse().ok()?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
+    let per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return None,
     };
-    (ms > 0).then(|| Duration::from_millis(ms))
+    let ms = n.checked_mul(per_unit)?;
+    let delay = Duration::from_millis(ms);
+    (ms > 0 && delay <= MAX_DURATION).then_some(delay)
 }
 
 /// `1500ms`, `5s`, `2m`: how a delay is written in settings and queue names.
@@ -63,6 +74,12 @@ impl Schedule {
     /// `delays` like `1s,5s,30s,2m,10m`.
     pub fn parse(delays: &str, max_attempts: u32) -> Result<Self, ConfigError> {
         let delays: Option<Vec<Duration>> = delays.split(',').map(parse_delay).collect();
+        if let Some(long) = delays.iter().flatten().find(|d| **d > MAX_RETRY_DELAY) {
+            return Err(ConfigError(format!(
+                "PROCESSOR_RETRY_DELAYS: {} is longer than RabbitMQ's longest message TTL (2^32 - 1 ms, about 49 days)",
+                format_delay(*long)
+            )));
+        }
         match delays {
             Some(d) if !d.is_empty() && max_attempts > 0 => Ok(Self { delays: d, max_attempts }),
             _ => Err(ConfigError(
@@ -157,6 +174,21 @@ mod tests {
         assert!(Schedule::parse("5 parsecs", 3).is_err());
         assert!(Schedule::parse("0s", 3).is_err());
         assert!(Schedule::parse("1s", 0).is_err());
+        // RabbitMQ's TTL is at most 2^32 - 1 ms: a longer delay is refused at start,
+        // not met as a queue that cannot be declared.
+        assert!(Schedule::parse("1s,49d", 3).is_ok());
+        let long = Schedule::parse("1s,50d", 3).unwrap_err();
+        assert!(long.0.contains("1200h is longer"), "{}", long.0);
+        assert!(Schedule::parse("1000000000d", 3).is_err());
+    }
+
+    #[test]
+    fn durations_are_bounded_and_never_overflow() {
+        assert_eq!(parse_delay("3650d"), Some(MAX_DURATION));
+        assert_eq!(parse_delay("3651d"), None);
+        assert_eq!(parse_delay("99999999d"), None);
+        assert_eq!(parse_delay("18446744073709551615d"), None);
+        assert_eq!(parse_delay("99999999999999999999ms"), None);
     }
 
     #[test]

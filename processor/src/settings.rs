@@ -113,7 +113,7 @@ impl Settings {
             prefetch,
             channels,
             batch,
-            db_pool: parsed(src, "PROCESSOR_DB_POOL", 16u32)?,
+            db_pool: common::settings::at_least(src, "PROCESSOR_DB_POOL", 16u32, 1)?,
             db_timeouts: crate::db::Timeouts {
                 lock: Duration::from_millis(parsed(src, "PROCESSOR_DB_LOCK_TIMEOUT_MS", 2_000)?),
                 statement: Duration::from_millis(parsed(
@@ -253,7 +253,11 @@ mod tests {
 
     #[test]
     fn zero_concurrency_is_refused() {
-        let src: HashMap<String, String> = [("PROCESSOR_CHANNELS".into(), "0".into())].into();
-        assert!(Settings::from_source(&src).is_err());
+        // A reason, not a panic later (a pool of 0 panicked when it was built).
+        for name in ["PROCESSOR_CHANNELS", "PROCESSOR_DB_POOL"] {
+            let src: HashMap<String, String> = [(name.into(), "0".into())].into();
+            let err = Settings::from_source(&src).unwrap_err();
+            assert!(err.0.contains(name), "{}", err.0);
+        }
     }
 }

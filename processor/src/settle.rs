@@ -76,6 +76,13 @@ pub async fn dead_letter(
     Ok(())
 }
 
+/// The delay queue of a transient failure's next attempt; `None` once the schedule
+/// (`PROCESSOR_RETRY_ATTEMPTS`) is exhausted and the delivery goes to the dead letters.
+pub fn next_retry_queue(worker: &Worker, delivery: &Delivery) -> Option<String> {
+    let attempt = attempts(delivery.properties.headers().as_ref()) + 1;
+    worker.settings.retry.queue_for(attempt)
+}
+
 /// Sends a transient failure to the delay queue of its next attempt, or to the
 /// dead-letter queue once the schedule is exhausted.
 pub async fn retry_later(
@@ -86,7 +93,7 @@ pub async fn retry_later(
 ) -> Result<(), String> {
     let headers = delivery.properties.headers().as_ref();
     let attempt = attempts(headers) + 1;
-    let Some(queue) = worker.settings.retry.queue_for(attempt) else {
+    let Some(queue) = next_retry_queue(worker, delivery) else {
         return dead_letter(
             channel,
             delivery,
