@@ -29,7 +29,7 @@ impl Locations {
             &path,
             format!(
                 "[[location]]\nid = \"soho\"\naccount_id = \"acc_soho\"\nwebhook_secrets = [\"{SECRET}\"]\nfeed_tokens = [\"{TOKEN_A}\"]\n\n\
-                 [[location]]\nid = \"leeds\"\naccount_id = \"acc_leeds\"\nwebhook_secrets = [\"{SECRET}\"]\nfeed_tokens = [\"{TOKEN_B}\"]\n"
+                 [[location]]\nid = \"leeds\"\naccount_id = \"acc_leeds\"\nwebhook_secrets = [\"whsec_leeds_0001\"]\nfeed_tokens = [\"{TOKEN_B}\"]\n"
             ),
         )
         .unwrap();
@@ -904,8 +904,8 @@ async fn a_reloaded_locations_file_changes_the_tills_tokens_and_labels_new_locat
         &locations.0,
         format!(
             "[[location]]\nid = \"soho\"\naccount_id = \"acc_soho\"\nwebhook_secrets = [\"{SECRET}\"]\nfeed_tokens = [\"{TOKEN_A}\"]\n\n\
-             [[location]]\nid = \"leeds\"\naccount_id = \"acc_leeds\"\nwebhook_secrets = [\"{SECRET}\"]\nfeed_tokens = [\"{LEEDS_NEW}\"]\n\n\
-             [[location]]\nid = \"angel\"\naccount_id = \"acc_angel\"\nwebhook_secrets = [\"{SECRET}\"]\nfeed_tokens = [\"{ANGEL}\"]\n"
+             [[location]]\nid = \"leeds\"\naccount_id = \"acc_leeds\"\nwebhook_secrets = [\"whsec_leeds_0001\"]\nfeed_tokens = [\"{LEEDS_NEW}\"]\n\n\
+             [[location]]\nid = \"angel\"\naccount_id = \"acc_angel\"\nwebhook_secrets = [\"whsec_angel_0001\"]\nfeed_tokens = [\"{ANGEL}\"]\n"
         ),
     )
     .unwrap();

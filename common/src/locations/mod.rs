@@ -198,12 +198,41 @@ impl RawLocation {
     }
 }
 
+/// Refuses a value of `field` (a list of secrets) that two locations both hold; the
+/// error names the field and the location, never the value.
+fn unshared(
+    list: &[Location],
+    field: &str,
+    what: &str,
+    values: impl Fn(&Location) -> &[Secret],
+) -> Result<(), ConfigError> {
+    let mut owners: HashMap<&str, &str> = HashMap::new();
+    for l in list {
+        for value in values(l) {
+            if let Some(other) = owners.insert(value.expose(), &l.id) {
+                if other != l.id {
+                    return Err(field_error(
+                        &l.id,
+                        field,
+                        &format!("{what} is also another location's"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Locations {
     /// Builds the set, refusing duplicates of what must identify one location: its id,
-    /// `account_id`, REST username and feed tokens.
+    /// `account_id`, REST username, feed tokens, API keys and webhook secrets (each
+    /// location account has its own keys and secrets, dojo-api.md §4a; a webhook secret of
+    /// two locations would make the root route's signer ambiguous).
     pub fn new(list: Vec<Location>) -> Result<Self, ConfigError> {
         let mut set = Self::default();
-        let mut tokens: HashMap<&str, &str> = HashMap::new();
+        unshared(&list, "feed_tokens", "a token", |l| &l.feed_tokens)?;
+        unshared(&list, "api_keys", "a key", |l| &l.api_keys)?;
+        unshared(&list, "webhook_secrets", "a secret", |l| &l.webhook_secrets)?;
         for (i, l) in list.iter().enumerate() {
             if set.by_id.insert(l.id.clone(), i).is_some() {
                 return Err(field_error(&l.id, "id", "used by two locations"));
@@ -224,17 +253,6 @@ impl Locations {
                         "rest_username",
                         "already used by another location",
                     ));
-                }
-            }
-            for token in &l.feed_tokens {
-                if let Some(other) = tokens.insert(token.expose(), &l.id) {
-                    if other != l.id {
-                        return Err(field_error(
-                            &l.id,
-                            "feed_tokens",
-                            "a token is also another location's",
-                        ));
-                    }
                 }
             }
         }
@@ -433,6 +451,8 @@ webhook_secrets = ["ws_camden"]
             ("[[location]]\nid = \"x\"\naccount_id = \"a\"\n[[location]]\nid = \"x\"\naccount_id = \"b\"", "\"x\": field `id`: used by two"),
             ("[[location]]\nid = \"x\"\naccount_id = \"a\"\n[[location]]\nid = \"y\"\naccount_id = \"a\"", "\"y\": field `account_id`"),
             ("[[location]]\nid = \"x\"\naccount_id = \"a\"\nfeed_tokens=[\"t\"]\n[[location]]\nid = \"y\"\naccount_id = \"b\"\nfeed_tokens=[\"t\"]", "\"y\": field `feed_tokens`"),
+            ("[[location]]\nid = \"x\"\naccount_id = \"a\"\nwebhook_secrets=[\"s1\", \"whsec_shared\"]\n[[location]]\nid = \"y\"\naccount_id = \"b\"\nwebhook_secrets=[\"whsec_shared\"]", "\"y\": field `webhook_secrets`: a secret is also another location's"),
+            ("[[location]]\nid = \"x\"\naccount_id = \"a\"\napi_keys=[\"sk_shared\"]\n[[location]]\nid = \"y\"\naccount_id = \"b\"\napi_keys=[\"sk_shared\"]", "\"y\": field `api_keys`"),
             ("[[location]]\naccount_id = \"a\"", "\"#1\": missing field `id`"),
             ("locations = 1", "unknown top-level key `locations`"),
             ("", "no [[location]]"),
@@ -442,6 +462,7 @@ webhook_secrets = ["ws_camden"]
             let err = Locations::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
             assert!(!err.contains('\n'), "one line: {err:?}");
+            assert!(!err.contains("_shared"), "never the value: {err:?}");
         }
     }
 
