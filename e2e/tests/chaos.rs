@@ -142,11 +142,16 @@ async fn postgres_gone_for_30_seconds_delays_but_loses_and_dead_letters_nothing(
     let outage = Instant::now();
     // Events keep arriving throughout the outage (10/s for 30 s); ingress needs no database.
     let (acked, refused, _) = stream(&dojo, &all, 10).await;
-    let readyz = reqwest::get(format!("{}/readyz", processor.running.url))
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(readyz, 503, "processor not ready without its database");
+    for path in ["/readyz", "/readyz/serving"] {
+        let status = reqwest::get(format!("{}{path}", processor.running.url))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(
+            status, 503,
+            "{path}: processor not ready without its database"
+        );
+    }
     tokio::time::sleep_until((outage + Duration::from_secs(30)).into()).await;
     services.db.restore().await.unwrap();
 
@@ -322,4 +327,43 @@ async fn slow_and_oversized_clients_are_cut_off_while_others_are_served() {
         started.elapsed()
     );
     ingress.stop().await;
+}
+
+/// Without a broker the processor consumes nothing, but its database answers: `/readyz`
+/// says 503 (not consuming) while `/readyz/serving`, the readiness of the Service that
+/// routes the read API, the feed and the console, stays 200, and the read API answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_broker_the_processor_still_serves_its_read_api() {
+    let services = Services::new().await.unwrap();
+    // Port 1: no broker listens there.
+    let p = processor_serving(
+        &services,
+        &[("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")],
+    )
+    .await;
+    let get = |path: &str| {
+        reqwest::Client::new()
+            .get(format!("{}{path}", p.running.url))
+            .bearer_auth(API_TOKEN)
+            .send()
+    };
+    let r = get("/readyz").await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"consuming": false, "database": true})
+    );
+    let r = get("/readyz/serving").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"consuming": false, "database": true})
+    );
+    // The read API answers (an unknown payment is a 404 EPOSError, not a 503).
+    let r = get("/v1/payment-intents/pi_none").await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(!p.worker.consuming.load(Ordering::SeqCst));
+    p.running.stop().await;
 }

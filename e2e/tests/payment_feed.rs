@@ -974,6 +974,22 @@ async fn malformed_queries_get_a_400_epos_error() {
     let r = get("/v1/payment-intents/pi%00", None).await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Value>().await.unwrap()["errorType"], "NotFound");
+    // A route or method the processor does not serve: an EPOSError too, with its traceId.
+    for r in [
+        get("/v1/nothing-here", None).await.unwrap(),
+        http.post(format!("{}/readyz", p.running.url))
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        assert_eq!(r.status(), 404);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["errorType"], "NotFound", "{body}");
+        assert!(
+            body["traceId"].as_str().is_some_and(|t| t.len() == 32),
+            "{body}"
+        );
+    }
     // Not vacuous: the same routes answer well-formed queries.
     assert_eq!(
         get("/v1/payment-updates?location=soho&limit=5", None)

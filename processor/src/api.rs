@@ -36,6 +36,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     }));
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .route("/readyz/serving", web::get().to(readyz_serving))
         .route("/metrics", web::get().to(metrics))
         .route("/openapi.json", web::get().to(openapi))
         .route("/v1/payment-intents/{id}", web::get().to(payment_intent))
@@ -58,6 +59,16 @@ pub(crate) const MAX_FILTER: usize = 255;
 /// an error instead of "nothing").
 pub(crate) fn valid_filter(value: &str) -> bool {
     value.len() <= MAX_FILTER && !value.contains('\0')
+}
+
+/// Any route or method the processor does not serve: 404 with an EPOSError and a fresh
+/// `traceId`, like every other error of its API (not logged: scanners would fill the log).
+pub async fn not_found() -> HttpResponse {
+    let trace_id = common::telemetry::new_trace_id();
+    json_line(
+        HttpResponse::NotFound(),
+        &EposError::new(ErrorType::NotFound, "no such route", &trace_id),
+    )
 }
 
 /// A JSON answer ending with a newline.
@@ -134,6 +145,28 @@ async fn readyz(worker: web::Data<Arc<Worker>>) -> HttpResponse {
         database,
     };
     if consuming && database {
+        json_line(HttpResponse::Ok(), &body)
+    } else {
+        json_line(HttpResponse::ServiceUnavailable(), &body)
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz/serving",
+    tag = "operations",
+    description = "Whether this replica can serve the read API, the payment feed and the console: its database answers, consuming or not. The readiness of the Service that routes those (deploy/kubernetes/processor.yaml), so that a broker outage does not take the tills' feed away; `/readyz` also needs consuming.",
+    responses(
+        (status = 200, description = "Database reachable", body = Readiness),
+        (status = 503, description = "The database unreachable", body = Readiness),
+    )
+)]
+async fn readyz_serving(worker: web::Data<Arc<Worker>>) -> HttpResponse {
+    let body = Readiness {
+        consuming: worker.consuming.load(Ordering::SeqCst),
+        database: crate::db::ping(&worker.pool).await,
+    };
+    if body.database {
         json_line(HttpResponse::Ok(), &body)
     } else {
         json_line(HttpResponse::ServiceUnavailable(), &body)
@@ -348,7 +381,7 @@ fn money(row: &sqlx::postgres::PgRow, prefix: &str) -> Result<Option<Money>, sql
         title = "Dojo Events receiver: processor",
         description = "Health, metrics and the payment records' read API of the processor. The operating contract: docs/CONTRACT.md."
     ),
-    paths(healthz, readyz, metrics, openapi, payment_intent, crate::feed::routes::updates, crate::feed::routes::stream),
+    paths(healthz, readyz, readyz_serving, metrics, openapi, payment_intent, crate::feed::routes::updates, crate::feed::routes::stream),
     components(schemas(PaymentIntentView, EventView, Money, EposError, Health, Readiness, crate::feed::store::PaymentUpdate, crate::feed::store::FeedMoney, crate::feed::routes::UpdatesPage)),
     modifiers(&Bearer),
     tags(

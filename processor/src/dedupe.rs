@@ -105,6 +105,15 @@ impl Dedupe {
         )
     }
 
+    /// Asks Redis once (`PING`), so that [`Dedupe::is_up`] tells the truth before the
+    /// first event; no answer within `REDIS_TIMEOUT` only marks the fast path down (and
+    /// warns), as any later call would.
+    pub async fn check(&self) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING");
+        let _ = self.run::<redis::Value>(pipe).await;
+    }
+
     /// Whether the fast path works (Redis answered the last call): `/metrics` exposes it
     /// as `dojo_processor_redis_up`.
     pub fn is_up(&self) -> bool {
@@ -187,5 +196,23 @@ impl Dedupe {
                 .ignore();
         }
         let _ = self.run::<()>(pipe).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `dojo_processor_redis_up` tells the truth from the start, not after the first event.
+    #[tokio::test]
+    async fn the_check_at_start_sees_whether_redis_answers() {
+        let lease = Duration::from_secs(30);
+        // Port 1: nothing listens there.
+        let gone = Dedupe::new("redis://127.0.0.1:1", "test:", lease, lease);
+        gone.check().await;
+        assert!(!gone.is_up());
+        let here = Dedupe::new("redis://127.0.0.1:6379", "test:", lease, lease);
+        here.check().await;
+        assert!(here.is_up());
     }
 }

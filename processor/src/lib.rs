@@ -89,6 +89,7 @@ impl Worker {
             settings.claim_lease,
             settings.done_ttl,
         );
+        dedupe.check().await;
         feed::sync_locations(&pool, &settings.locations)
             .await
             .context("cannot record the locations of the payment feed")?;
@@ -134,6 +135,7 @@ impl Application {
                 .app_data(data.clone())
                 .configure(api::configure)
                 .configure(console::configure)
+                .default_service(web::to(api::not_found))
         })
         .disable_signals()
         .workers(1)

@@ -104,6 +104,17 @@ pub struct RunningProcessor {
 
 /// Processor on the test's vhost, database and Redis prefix; `extra` overrides.
 pub async fn processor(services: &Services, extra: &[(&str, &str)]) -> RunningProcessor {
+    let p = processor_serving(services, extra).await;
+    let w = p.worker.clone();
+    wait_until("processor consuming", PATIENCE, || async {
+        w.consuming.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    p
+}
+
+/// The same, returned as soon as it serves HTTP, consuming or not.
+pub async fn processor_serving(services: &Services, extra: &[(&str, &str)]) -> RunningProcessor {
     logs();
     let (amqp, db) = (services.vhost.amqp_url(), services.db.url());
     let mut env = vars(&[
@@ -127,11 +138,6 @@ pub async fn processor(services: &Services, extra: &[(&str, &str)]) -> RunningPr
         })
         .await
     });
-    let w = worker.clone();
-    wait_until("processor consuming", PATIENCE, || async {
-        w.consuming.load(Ordering::SeqCst).then_some(())
-    })
-    .await;
     RunningProcessor { running, worker }
 }
 
