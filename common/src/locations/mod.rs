@@ -214,7 +214,7 @@ fn unshared(
                     return Err(field_error(
                         &l.id,
                         field,
-                        &format!("{what} is also another location's"),
+                        format!("{what} is also another location's"),
                     ));
                 }
             }
