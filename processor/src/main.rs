@@ -191,6 +191,14 @@ async fn serve() {
     common::locations::directory::take_hangup();
     let telemetry = common::telemetry::init("processor").unwrap_or_else(|e| fail(2, e));
     let settings = Settings::from_env().unwrap_or_else(|e| fail(2, e));
+    if (settings.db_pool as usize) < settings.channels {
+        // Works, slower: channels wait for a connection to commit (README, configuration).
+        tracing::warn!(
+            db_pool = settings.db_pool,
+            channels = settings.channels,
+            "PROCESSOR_DB_POOL is smaller than PROCESSOR_CHANNELS: channels will wait for a connection; keep the pool at least as large"
+        );
+    }
     // Building waits for PostgreSQL as long as it takes; a stop meanwhile is a clean
     // exit (0), as it is once running: nothing has been consumed yet.
     let app = tokio::select! {

@@ -83,7 +83,7 @@ impl Schedule {
         match delays {
             Some(d) if !d.is_empty() && max_attempts > 0 => Ok(Self { delays: d, max_attempts }),
             _ => Err(ConfigError(
-                "PROCESSOR_RETRY_DELAYS must be a list like 1s,5s,30s,2m,10m and PROCESSOR_RETRY_ATTEMPTS at least 1".into(),
+                "PROCESSOR_RETRY_DELAYS must be a list like 1s,5s,30s,2m,10m (each at most 49 days) and PROCESSOR_RETRY_ATTEMPTS at least 1".into(),
             )),
         }
     }

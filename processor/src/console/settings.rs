@@ -83,6 +83,9 @@ impl fmt::Debug for ConsoleSettings {
     }
 }
 
+/// The longest console session, `CONSOLE_SESSION_HOURS` at most: 30 days.
+pub const MAX_SESSION_HOURS: u64 = 720;
+
 fn list(src: &dyn Source, name: &str) -> Vec<String> {
     optional(src, name)
         .map(|v| {
@@ -135,6 +138,13 @@ impl ConsoleSettings {
                     "CONSOLE_USERS: user {name:?} appears twice"
                 )));
             }
+            // A token names one user: the audit log records who did what.
+            if let Some(other) = users.iter().find(|u| u.token.expose() == token) {
+                return Err(ConfigError(format!(
+                    "CONSOLE_USERS: user {name:?} has the token of user {:?}: each user needs their own",
+                    other.name
+                )));
+            }
             users.push(User {
                 name: name.to_owned(),
                 role,
@@ -154,10 +164,10 @@ impl ConsoleSettings {
             }
         };
         let hours = parsed(src, "CONSOLE_SESSION_HOURS", 12u64)?;
-        if hours == 0 {
-            return Err(ConfigError(
-                "CONSOLE_SESSION_HOURS must be at least 1".into(),
-            ));
+        if !(1..=MAX_SESSION_HOURS).contains(&hours) {
+            return Err(ConfigError(format!(
+                "CONSOLE_SESSION_HOURS must be from 1 to {MAX_SESSION_HOURS} (30 days)"
+            )));
         }
         Ok(Self {
             users,
@@ -199,6 +209,22 @@ mod tests {
         assert!(!short.0.contains("short\""));
         let role = from(&[("CONSOLE_USERS", "alice:admin:0123456789abcdef")]).unwrap_err();
         assert!(role.0.contains("viewer or operator"));
+        let shared = from(&[(
+            "CONSOLE_USERS",
+            "alice:operator:0123456789abcdef,bob:viewer:0123456789abcdef",
+        )])
+        .unwrap_err();
+        assert!(
+            shared.0.contains("\"bob\" has the token of user \"alice\""),
+            "{}",
+            shared.0
+        );
+        assert!(!shared.0.contains("0123456789abcdef"));
+        for hours in ["0", "721", "99999999999"] {
+            let err = from(&[("CONSOLE_SESSION_HOURS", hours)]).unwrap_err();
+            assert!(err.0.contains("from 1 to 720"), "{hours}: {}", err.0);
+        }
+        assert!(from(&[("CONSOLE_SESSION_HOURS", "720")]).is_ok());
         assert!(!from(&[]).unwrap().enabled());
         assert!(format!("{s:?}").contains("Secret(***)"));
         assert!(!format!("{s:?}").contains("0123456789abcdef"));
