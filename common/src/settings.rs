@@ -87,6 +87,26 @@ where
     Ok(value)
 }
 
+/// Parses a variable that must lie in `min..=max` (a count that sizes a buffer or a
+/// pool), or takes the default when it is unset: `NAME must be from MIN to MAX` otherwise.
+pub fn in_range<T>(
+    src: &dyn Source,
+    name: &str,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + fmt::Display,
+    T::Err: fmt::Display,
+{
+    let value = parsed(src, name, default)?;
+    if value < min || value > max {
+        return Err(ConfigError(format!("{name} must be from {min} to {max}")));
+    }
+    Ok(value)
+}
+
 /// Strips the password from a URL so it can be logged.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

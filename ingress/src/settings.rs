@@ -109,7 +109,13 @@ impl Settings {
             software_house_id: optional(src, "DOJO_SOFTWARE_HOUSE_ID"),
             reseller_id: optional(src, "DOJO_RESELLER_ID"),
             ping_interval,
-            max_in_flight: parsed(src, "INGRESS_WS_MAX_IN_FLIGHT", 256usize)?.max(1),
+            max_in_flight: common::settings::in_range(
+                src,
+                "INGRESS_WS_MAX_IN_FLIGHT",
+                256usize,
+                1,
+                65_536,
+            )?,
             reconnect_max: Duration::from_millis(parsed(
                 src,
                 "INGRESS_WS_RECONNECT_MAX_MS",

@@ -70,7 +70,8 @@ impl Settings {
     }
 
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
-        let channels = parsed(src, "PROCESSOR_CHANNELS", 8usize)?;
+        // RabbitMQ allows 2,047 channels on a connection by default (`channel_max`).
+        let channels = common::settings::in_range(src, "PROCESSOR_CHANNELS", 8usize, 1, 1_024)?;
         let batch = parsed(src, "PROCESSOR_BATCH", 64usize)?;
         let prefetch = parsed(src, "PROCESSOR_PREFETCH", 256u16)?;
         for name in [
@@ -82,10 +83,9 @@ impl Settings {
                 return Err(ConfigError(format!("{name} must be at least 1")));
             }
         }
-        if channels == 0 || batch == 0 || prefetch == 0 {
+        if batch == 0 || prefetch == 0 {
             return Err(ConfigError(
-                "PROCESSOR_CHANNELS, PROCESSOR_BATCH and PROCESSOR_PREFETCH must be at least 1"
-                    .into(),
+                "PROCESSOR_BATCH and PROCESSOR_PREFETCH must be at least 1".into(),
             ));
         }
         let amqp_url = or_default(src, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
@@ -258,6 +258,17 @@ mod tests {
             let src: HashMap<String, String> = [(name.into(), "0".into())].into();
             let err = Settings::from_source(&src).unwrap_err();
             assert!(err.0.contains(name), "{}", err.0);
+        }
+        // Sizes with a ceiling: refused at start, not met as a broker refusal or an
+        // allocation later.
+        for (name, value) in [
+            ("PROCESSOR_CHANNELS", "5000"),
+            ("FEED_CLIENT_BUFFER", "18446744073709551615"),
+            ("FEED_CLIENT_BUFFER", "1"),
+        ] {
+            let src: HashMap<String, String> = [(name.into(), value.into())].into();
+            let err = Settings::from_source(&src).unwrap_err();
+            assert!(err.0.contains(&format!("{name} must be from")), "{}", err.0);
         }
     }
 }

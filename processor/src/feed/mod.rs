@@ -48,10 +48,12 @@ impl FeedSettings {
             })?;
         let poll = parsed(src, "FEED_POLL_MS", 1000u64)?;
         let heartbeat = parsed(src, "FEED_HEARTBEAT_SECS", 15u64)?;
-        let client_buffer = parsed(src, "FEED_CLIENT_BUFFER", 1024usize)?;
-        if poll == 0 || heartbeat == 0 || client_buffer < 2 {
+        // Bounded: each stream's queue holds up to this many updates.
+        let client_buffer =
+            common::settings::in_range(src, "FEED_CLIENT_BUFFER", 1024usize, 2, 1_000_000)?;
+        if poll == 0 || heartbeat == 0 {
             return Err(ConfigError(
-                "FEED_POLL_MS and FEED_HEARTBEAT_SECS must be at least 1, FEED_CLIENT_BUFFER at least 2".into(),
+                "FEED_POLL_MS and FEED_HEARTBEAT_SECS must be at least 1".into(),
             ));
         }
         Ok(Self {
