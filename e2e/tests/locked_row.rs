@@ -9,7 +9,6 @@ use common::topology::DEAD_QUEUE;
 use e2e::isolation::Services;
 use e2e::wait_until;
 use simulator::event::Event;
-use sqlx::Connection;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -44,18 +43,7 @@ async fn rows_locked_by_the_pos_stall_only_their_own_payments() {
     }
 
     // The POS locks both rows, as `SELECT ... FOR UPDATE` in an open transaction.
-    let mut pos = sqlx::PgConnection::connect(&services.db.url())
-        .await
-        .unwrap();
-    let mut tx = pos.begin().await.unwrap();
-    let held: Vec<String> = sqlx::query_scalar(
-        "SELECT payment_intent_id FROM payment_intents WHERE payment_intent_id = ANY($1) FOR UPDATE",
-    )
-    .bind(&locked[..])
-    .fetch_all(&mut *tx)
-    .await
-    .unwrap();
-    assert_eq!(held.len(), 2);
+    let tx = pos_holds(&pool, &locked).await;
     let locked_at = Instant::now();
 
     // An update for each locked payment first, then 200 events of other payments, in
@@ -150,15 +138,7 @@ async fn a_payment_locked_past_every_retry_is_dead_lettered_and_counted_dead() {
     assert_eq!(dojo.webhook(&created.body()).await.unwrap().status(), 200);
     wait_until(pi, PATIENCE, || intent(&pool, pi)).await;
 
-    let mut pos = sqlx::PgConnection::connect(&services.db.url())
-        .await
-        .unwrap();
-    let mut tx = pos.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM payment_intents WHERE payment_intent_id = $1 FOR UPDATE")
-        .bind(pi)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let tx = pos_holds(&pool, &[pi]).await;
     let captured = Event::new(
         "evt_long_1",
         UPDATED,

@@ -12,7 +12,6 @@ use e2e::isolation::Services;
 use e2e::private_broker::PrivateBroker;
 use e2e::wait_until;
 use simulator::event::Event;
-use sqlx::Connection;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -65,15 +64,7 @@ async fn a_channel_closed_under_a_stuck_batch_is_replaced_while_the_lock_is_held
     assert_eq!(dojo.webhook(&created.body()).await.unwrap().status(), 200);
     wait_until(pi, PATIENCE, || intent(&pool, pi)).await;
 
-    let mut pos = sqlx::PgConnection::connect(&services.db.url())
-        .await
-        .unwrap();
-    let mut tx = pos.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM payment_intents WHERE payment_intent_id = $1 FOR UPDATE")
-        .bind(pi)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    let tx = pos_holds(&pool, &[pi]).await;
     let locked_at = Instant::now();
     let reconnects_before = processor.worker.metrics.broker_reconnects.get();
 

@@ -138,13 +138,17 @@ async fn metrics(worker: web::Data<Arc<Worker>>) -> HttpResponse {
     )
 )]
 async fn readyz(worker: web::Data<Arc<Worker>>) -> HttpResponse {
-    let consuming = worker.consuming.load(Ordering::SeqCst);
-    let database = crate::db::ping(&worker.pool).await;
+    readiness(&worker, true).await
+}
+
+/// `{"consuming","database"}`, 200 when the database answers and, if `needs_consuming`,
+/// the processor consumes; 503 otherwise.
+async fn readiness(worker: &Worker, needs_consuming: bool) -> HttpResponse {
     let body = Readiness {
-        consuming,
-        database,
+        consuming: worker.consuming.load(Ordering::SeqCst),
+        database: crate::db::ping(&worker.pool).await,
     };
-    if consuming && database {
+    if body.database && (body.consuming || !needs_consuming) {
         json_line(HttpResponse::Ok(), &body)
     } else {
         json_line(HttpResponse::ServiceUnavailable(), &body)
@@ -162,15 +166,7 @@ async fn readyz(worker: web::Data<Arc<Worker>>) -> HttpResponse {
     )
 )]
 async fn readyz_serving(worker: web::Data<Arc<Worker>>) -> HttpResponse {
-    let body = Readiness {
-        consuming: worker.consuming.load(Ordering::SeqCst),
-        database: crate::db::ping(&worker.pool).await,
-    };
-    if body.database {
-        json_line(HttpResponse::Ok(), &body)
-    } else {
-        json_line(HttpResponse::ServiceUnavailable(), &body)
-    }
+    readiness(&worker, false).await
 }
 
 pub(crate) fn error(

@@ -213,3 +213,21 @@ pub async fn assert_final_states(pool: &sqlx::PgPool, scenario: &simulator::scen
         );
     }
 }
+
+/// A POS transaction holding the payment rows of `ids` (`SELECT ... FOR UPDATE`), open
+/// on a connection of its own until it is committed or rolled back.
+pub async fn pos_holds(
+    pool: &sqlx::PgPool,
+    ids: &[&str],
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    let held: Vec<String> = sqlx::query_scalar(
+        "SELECT payment_intent_id FROM payment_intents WHERE payment_intent_id = ANY($1) FOR UPDATE",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(held.len(), ids.len(), "every row held");
+    tx
+}
