@@ -2,7 +2,7 @@
 //! tuning knobs of our own, all optional). Validated once at start.
 
 use common::locations::Locations;
-use common::settings::{at_least, optional, or_default, parsed, ConfigError, Source};
+use common::settings::{at_least, in_range, optional, or_default, parsed, ConfigError, Source};
 use std::time::Duration;
 
 pub use common::locations::RestCredentials;
@@ -77,7 +77,8 @@ impl Settings {
     }
 
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
-        let publish_channels = at_least(src, "INGRESS_PUBLISH_CHANNELS", 1usize, 1)?;
+        // RabbitMQ allows 2,047 channels on a connection by default (`channel_max`).
+        let publish_channels = in_range(src, "INGRESS_PUBLISH_CHANNELS", 1usize, 1, 1_024)?;
         let locations_file = optional(src, "DOJO_LOCATIONS_FILE");
         let ws_url = optional(src, "DOJO_WS_URL");
         // Round 1's single location: a socket only with both DOJO_WS_URL and DOJO_API_KEY.
@@ -109,13 +110,7 @@ impl Settings {
             software_house_id: optional(src, "DOJO_SOFTWARE_HOUSE_ID"),
             reseller_id: optional(src, "DOJO_RESELLER_ID"),
             ping_interval,
-            max_in_flight: common::settings::in_range(
-                src,
-                "INGRESS_WS_MAX_IN_FLIGHT",
-                256usize,
-                1,
-                65_536,
-            )?,
+            max_in_flight: in_range(src, "INGRESS_WS_MAX_IN_FLIGHT", 256usize, 1, 65_536)?,
             reconnect_max: Duration::from_millis(parsed(
                 src,
                 "INGRESS_WS_RECONNECT_MAX_MS",
@@ -162,7 +157,8 @@ impl Settings {
             )?),
             publish_channels,
             workers: optional(src, "INGRESS_WORKERS")
-                .map(|_| at_least(src, "INGRESS_WORKERS", 1usize, 1))
+                // actix-web's limit.
+                .map(|_| in_range(src, "INGRESS_WORKERS", 1usize, 1, 512))
                 .transpose()?,
             reconnect_max: Duration::from_millis(parsed(src, "INGRESS_RECONNECT_MAX_MS", 5_000)?),
         })
@@ -223,7 +219,20 @@ mod tests {
             let err = Settings::from_source(&src(&[(name, "0"), ("DOJO_WEBHOOK_SECRETS", "s")]))
                 .unwrap_err()
                 .to_string();
-            assert_eq!(err, format!("configuration: {name} must be at least 1"));
+            assert!(
+                err.starts_with(&format!("configuration: {name} must be")),
+                "{err}"
+            );
+        }
+        // And the ceilings: actix's 512 workers, the broker's channels.
+        for (name, value) in [
+            ("INGRESS_WORKERS", "600"),
+            ("INGRESS_PUBLISH_CHANNELS", "2048"),
+        ] {
+            let err = Settings::from_source(&src(&[(name, value), ("DOJO_WEBHOOK_SECRETS", "s")]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{name} must be from 1 to")), "{err}");
         }
     }
 

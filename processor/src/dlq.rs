@@ -33,6 +33,8 @@ const MAX_BATCH: u32 = 10_000;
 pub struct DeadLetter {
     pub event_id: Option<String>,
     pub reason: String,
+    /// Delayed retries it had (`x-attempt`): 0 for a message dead-lettered at its first
+    /// try (JSON `attempts`, kept for the scripts that read it).
     pub attempts: u32,
     pub first_failure: Option<String>,
     pub dead_at: Option<String>,

@@ -113,7 +113,7 @@ async fn dead_letters(action: Dlq) {
             if !letters.is_empty() {
                 println!(
                     "{:<36} {:>8}  {:<32} REASON",
-                    "EVENT ID", "ATTEMPTS", "FIRST FAILURE"
+                    "EVENT ID", "RETRIES", "FIRST FAILURE"
                 );
             }
             for l in letters {

@@ -78,10 +78,9 @@ impl Settings {
             "PROCESSOR_DB_LOCK_TIMEOUT_MS",
             "PROCESSOR_DB_STATEMENT_TIMEOUT_MS",
         ] {
-            if parsed(src, name, 1u64)? == 0 {
-                // 0 means "no limit" to PostgreSQL: exactly what these must not be.
-                return Err(ConfigError(format!("{name} must be at least 1")));
-            }
+            // 0 means "no limit" to PostgreSQL: exactly what these must not be; and
+            // PostgreSQL takes at most 2^31 - 1 ms (about 24 days).
+            common::settings::in_range(src, name, 1u64, 1, i32::MAX as u64)?;
         }
         if batch == 0 || prefetch == 0 {
             return Err(ConfigError(
@@ -263,6 +262,7 @@ mod tests {
         // allocation later.
         for (name, value) in [
             ("PROCESSOR_CHANNELS", "5000"),
+            ("PROCESSOR_DB_LOCK_TIMEOUT_MS", "4294967296000"),
             ("FEED_CLIENT_BUFFER", "18446744073709551615"),
             ("FEED_CLIENT_BUFFER", "1"),
         ] {

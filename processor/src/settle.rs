@@ -97,7 +97,8 @@ pub async fn retry_later(
         return dead_letter(
             channel,
             delivery,
-            &format!("gave up after {} attempts: {error}", attempt - 1),
+            // `attempt` counts this last try: the first one and every delayed retry.
+            &format!("gave up after {attempt} attempts: {error}"),
         )
         .await;
     };
