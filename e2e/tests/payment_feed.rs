@@ -630,6 +630,36 @@ async fn a_cursor_older_than_the_retention_is_told_to_resync() {
         body["debugMessage"].as_str().unwrap().contains("resync"),
         "{body}"
     );
+    // A cursor beyond the newest update comes from another database (a restored or
+    // replaced one): told to resync too, on both routes, never followed in silence.
+    let head = all[0]["seq"].as_i64().unwrap();
+    let ahead = (head + 1000).to_string();
+    let http = reqwest::Client::new();
+    for req in [
+        http.get(format!(
+            "{}/v1/payment-updates?after={ahead}",
+            p.running.url
+        )),
+        http.get(format!("{}/v1/payment-updates/stream", p.running.url))
+            .header("last-event-id", &ahead),
+    ] {
+        let resp = req.bearer_auth(API_TOKEN).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 410);
+        let body: Value = resp.json().await.unwrap();
+        let message = body["debugMessage"].as_str().unwrap();
+        assert!(
+            message.contains("ahead") && message.contains("resync"),
+            "{body}"
+        );
+    }
+    // Not vacuous: the newest update's own number is a good cursor (nothing after it).
+    let resp = http
+        .get(format!("{}/v1/payment-updates?after={head}", p.running.url))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
     p.running.stop().await;
 }
 

@@ -244,8 +244,9 @@ async fn read_tail(
         let page = super::store::page(pool, &Default::default(), Some(from), 1000).await?;
         let updates = match page {
             super::store::Page::Updates(u) => u,
-            // Pruned past the tail (a long outage): start again from the head.
-            super::store::Page::Gone { .. } => {
+            // Pruned past the tail (a long outage), or a tail beyond a replaced
+            // database's head: start again from the head.
+            super::store::Page::Gone { .. } | super::store::Page::Ahead { .. } => {
                 *at = None;
                 return Ok(());
             }

@@ -50,6 +50,12 @@ pub enum Refusal {
          resync from GET /v1/payment-intents/{{id}}, then follow the feed without `after`"
     )]
     Gone(i64),
+    #[error(
+        "cursor ahead of the feed (its newest update is seq {0}): the cursor comes from \
+         another database (restored or replaced); resync from GET /v1/payment-intents/{{id}}, \
+         then follow the feed without `after`"
+    )]
+    Ahead(i64),
     #[error("database unavailable")]
     Unavailable,
     /// A filter no record can have (found by Schemathesis: NUL reached the database).
@@ -63,7 +69,7 @@ impl Refusal {
             Refusal::NotConfigured => (StatusCode::NOT_FOUND, ErrorType::NotFound),
             Refusal::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorType::InvalidRequest),
             Refusal::OtherLocation => (StatusCode::FORBIDDEN, ErrorType::InvalidRequest),
-            Refusal::Gone(_) => (StatusCode::GONE, ErrorType::NotFound),
+            Refusal::Gone(_) | Refusal::Ahead(_) => (StatusCode::GONE, ErrorType::NotFound),
             Refusal::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, ErrorType::UnexpectedError),
             Refusal::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorType::InvalidRequest),
         };
@@ -192,7 +198,7 @@ fn filter(scope: &Scope, q: &FeedQuery) -> Result<Filter, Refusal> {
         (status = 401, description = "Missing or wrong bearer token", body = EposError),
         (status = 403, description = "Another location than the token's", body = EposError),
         (status = 404, description = "The read API is not configured", body = EposError),
-        (status = 410, description = "The cursor is older than the retention: resync from the records", body = EposError),
+        (status = 410, description = "The cursor is older than the retention, or ahead of the newest update (from another database): resync from the records", body = EposError),
         (status = 503, description = "The database is unavailable", body = EposError),
     ),
     security(("bearer" = []))
@@ -213,6 +219,7 @@ pub async fn updates(
             json_line(HttpResponse::Ok(), &UpdatesPage { updates, next })
         }
         Ok(Page::Gone { pruned_upto }) => Refusal::Gone(pruned_upto).answer(),
+        Ok(Page::Ahead { head }) => Refusal::Ahead(head).answer(),
         Err(e) => unavailable(&e).answer(),
     }
 }
@@ -232,7 +239,7 @@ pub async fn updates(
         (status = 401, description = "Missing or wrong bearer token", body = EposError),
         (status = 403, description = "Another location than the token's", body = EposError),
         (status = 404, description = "The read API is not configured", body = EposError),
-        (status = 410, description = "The cursor is older than the retention: resync from the records", body = EposError),
+        (status = 410, description = "The cursor is older than the retention, or ahead of the newest update (from another database): resync from the records", body = EposError),
         (status = 503, description = "The database is unavailable", body = EposError),
     ),
     security(("bearer" = []))
@@ -287,6 +294,7 @@ pub async fn open_stream(
     let first = match store::page(&worker.pool, &filter, Some(after), super::sse::PAGE).await {
         Ok(Page::Updates(u)) => u,
         Ok(Page::Gone { pruned_upto }) => return Refusal::Gone(pruned_upto).answer(),
+        Ok(Page::Ahead { head }) => return Refusal::Ahead(head).answer(),
         Err(e) => return unavailable(&e).answer(),
     };
     let worker = worker.clone();

@@ -74,7 +74,7 @@ async fn catch_up(
                     return Ok(());
                 }
             }
-            Ok((_, Page::Gone { .. })) => {
+            Ok((_, Page::Gone { .. } | Page::Ahead { .. })) => {
                 let _ = tx.try_send(Bytes::from_static(
                     b": cursor older than the retention, resync from the records\n\n",
                 ));

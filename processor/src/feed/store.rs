@@ -58,6 +58,11 @@ pub enum Page {
     Gone {
         pruned_upto: i64,
     },
+    /// The cursor is beyond the newest update: it came from another database (restored
+    /// or replaced), and following it would skip every update up to it.
+    Ahead {
+        head: i64,
+    },
 }
 
 fn money(value: Option<i64>, currency: Option<String>) -> Option<FeedMoney> {
@@ -91,11 +96,20 @@ pub async fn page(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    // Read after the rows: a prune committed in between shows here.
+    // Read after the rows: a prune committed in between shows here, and so does every
+    // update numbered before the rows were read (numbers only grow).
     if let Some(after) = after {
-        let upto = pruned_upto(pool).await?;
+        let (upto, head): (i64, i64) = sqlx::query_as(
+            "SELECT upto, GREATEST((SELECT COALESCE(max(seq), 0) FROM payment_updates), upto)
+             FROM payment_updates_pruned",
+        )
+        .fetch_one(pool)
+        .await?;
         if after < upto {
             return Ok(Page::Gone { pruned_upto: upto });
+        }
+        if rows.is_empty() && after > head {
+            return Ok(Page::Ahead { head });
         }
     }
     rows.iter()
