@@ -174,7 +174,9 @@ impl DojoApi {
         }
     }
 
-    /// `GET /payment-intents/{id}?returnCanceled=true`.
+    /// `GET /payment-intents/{id}?returnCanceled=true`. The answer is the intent asked
+    /// for, with its `id`: an answer for another id (or none) is a `Decode` error, never
+    /// stored under the id it names.
     pub async fn get_payment_intent(
         &self,
         creds: &Credentials,
@@ -184,7 +186,15 @@ impl DojoApi {
         let body = self
             .call(creds, "get", reqwest::Method::GET, &path, None)
             .await?;
-        serde_json::from_slice(&body).map_err(|e| ApiError::Decode(e.to_string()))
+        let intent: PaymentIntent =
+            serde_json::from_slice(&body).map_err(|e| ApiError::Decode(e.to_string()))?;
+        if intent.id.as_deref() != Some(id) {
+            return Err(ApiError::Decode(format!(
+                "asked for payment intent {id:?}, answered {:?}",
+                intent.id
+            )));
+        }
+        Ok(intent)
     }
 
     /// One page of `POST /payment-intents/search`.

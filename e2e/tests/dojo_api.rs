@@ -200,3 +200,33 @@ async fn refused_keys_throttling_and_retry_after() {
     }
     api.stop().await;
 }
+
+/// An answer about another payment intent than the one asked for (a misbehaving proxy or
+/// API) is refused, never stored under the id it names.
+#[tokio::test]
+async fn an_answer_for_another_intent_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 8192];
+                let _ = socket.read(&mut request).await;
+                let body = r#"{"id":"pi_other","status":"Captured","captureMode":"Auto"}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let dojo = client(&url, 1000);
+    match dojo.get_payment_intent(&creds("sk_a"), "pi_asked").await {
+        Err(ApiError::Decode(m)) => {
+            assert!(m.contains("pi_asked") && m.contains("pi_other"), "{m}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

@@ -112,6 +112,10 @@ async fn register(channel: Channel) {
             (which, Some(url), dry_run, single)
         }
     };
+    // Configuration every registration needs: exit 2 once, not a failure per location.
+    if common::settings::optional(env, "DOJO_SOFTWARE_HOUSE_ID").is_none() {
+        fail(2, "DOJO_SOFTWARE_HOUSE_ID is required to register");
+    }
     let registrations: Vec<(String, Result<Registration, String>)> =
         if which.location.is_some() || which.all {
             let locations = common::locations::Locations::from_source(env, false)
