@@ -227,6 +227,7 @@ async fn register_ws_all_without_a_websocket_location_says_so() {
     cmd.args(["register", "ws", "--all"])
         .env("DOJO_LOCATIONS_FILE", &path)
         .env("DOJO_API_URL", "http://127.0.0.1:1")
+        .env("DOJO_SOFTWARE_HOUSE_ID", "softhouse-1")
         .env_remove("DOJO_API_KEY");
     let out = tokio::task::spawn_blocking(move || cmd.output().expect("ingress runs"))
         .await
