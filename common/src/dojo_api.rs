@@ -71,11 +71,11 @@ impl ApiConfig {
         Ok(Self {
             url,
             version,
-            timeout: Duration::from_millis(parsed(src, "DOJO_API_TIMEOUT_MS", 10_000)?),
+            timeout: crate::settings::millis(src, "DOJO_API_TIMEOUT_MS", 10_000)?,
             rate,
             attempts: parsed(src, "DOJO_API_ATTEMPTS", 3u32)?.max(1),
-            max_wait: Duration::from_millis(parsed(src, "DOJO_API_MAX_WAIT_MS", 5_000)?),
-            key_cooldown: Duration::from_secs(parsed(src, "DOJO_API_KEY_COOLDOWN_SECS", 60)?),
+            max_wait: crate::settings::millis(src, "DOJO_API_MAX_WAIT_MS", 5_000)?,
+            key_cooldown: crate::settings::secs(src, "DOJO_API_KEY_COOLDOWN_SECS", 60)?,
         })
     }
 

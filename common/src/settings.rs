@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// A value that must never be printed (passwords, signing secrets, tokens).
 #[derive(Clone, PartialEq, Eq)]
@@ -107,6 +108,24 @@ where
     Ok(value)
 }
 
+/// The longest duration a `*_MS` or `*_SECS` variable may give: 365 days. Longer would
+/// mean "never" and overflow timers and date arithmetic; no setting needs it.
+pub const MAX_SETTING_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// A duration in milliseconds (`NAME_MS`), or the default (ms) when unset; at most
+/// [`MAX_SETTING_DURATION`], else `NAME must be at most 31536000000` (ms).
+pub fn millis(src: &dyn Source, name: &str, default: u64) -> Result<Duration, ConfigError> {
+    let max = MAX_SETTING_DURATION.as_millis() as u64;
+    Ok(Duration::from_millis(in_range(src, name, default, 0, max)?))
+}
+
+/// A duration in seconds (`NAME_SECS`), or the default (s) when unset; at most
+/// [`MAX_SETTING_DURATION`].
+pub fn secs(src: &dyn Source, name: &str, default: u64) -> Result<Duration, ConfigError> {
+    let max = MAX_SETTING_DURATION.as_secs();
+    Ok(Duration::from_secs(in_range(src, name, default, 0, max)?))
+}
+
 /// Strips the password from a URL so it can be logged.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -123,6 +142,38 @@ pub fn redact_url(url: &str) -> String {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn durations_and_counts_are_bounded_with_their_name() {
+        let src: std::collections::HashMap<String, String> = [
+            ("A_MS".to_owned(), "18446744073709551615".to_owned()),
+            ("B_SECS".to_owned(), "31536001".to_owned()),
+            ("C_MS".to_owned(), "250".to_owned()),
+            ("D".to_owned(), "0".to_owned()),
+        ]
+        .into();
+        assert_eq!(
+            millis(&src, "A_MS", 1).unwrap_err().0,
+            "A_MS must be from 0 to 31536000000"
+        );
+        assert!(secs(&src, "B_SECS", 1)
+            .unwrap_err()
+            .0
+            .starts_with("B_SECS must be"));
+        assert_eq!(millis(&src, "C_MS", 1).unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            millis(&src, "UNSET_MS", 7).unwrap(),
+            Duration::from_millis(7)
+        );
+        assert_eq!(
+            at_least(&src, "D", 5u32, 1).unwrap_err().0,
+            "D must be at least 1"
+        );
+        assert_eq!(
+            in_range(&src, "D", 5u32, 1, 9).unwrap_err().0,
+            "D must be from 1 to 9"
+        );
+    }
 
     #[test]
     fn secrets_do_not_print() {

@@ -103,25 +103,20 @@ impl Settings {
                 "INGRESS_WS_HANDSHAKES_PER_SEC must be at least 1".into(),
             ));
         }
-        let ping_interval =
-            Duration::from_millis(parsed(src, "INGRESS_WS_PING_MS", 20_000u64)?.max(10));
+        let ping_interval = common::settings::millis(src, "INGRESS_WS_PING_MS", 20_000)?
+            .max(Duration::from_millis(10));
         let ws = WsSettings {
             url,
             software_house_id: optional(src, "DOJO_SOFTWARE_HOUSE_ID"),
             reseller_id: optional(src, "DOJO_RESELLER_ID"),
             ping_interval,
             max_in_flight: in_range(src, "INGRESS_WS_MAX_IN_FLIGHT", 256usize, 1, 65_536)?,
-            reconnect_max: Duration::from_millis(parsed(
-                src,
-                "INGRESS_WS_RECONNECT_MAX_MS",
-                30_000,
-            )?),
-            stable_after: Duration::from_millis(parsed(src, "INGRESS_WS_STABLE_MS", 30_000)?),
+            reconnect_max: common::settings::millis(src, "INGRESS_WS_RECONNECT_MAX_MS", 30_000)?,
+            stable_after: common::settings::millis(src, "INGRESS_WS_STABLE_MS", 30_000)?,
             handshakes_per_sec,
-            lease_retry: Duration::from_millis(
-                parsed(src, "INGRESS_WS_LEASE_RETRY_MS", 2_000u64)?.max(10),
-            ),
-            lease_grace: Duration::from_millis(parsed(src, "INGRESS_WS_LEASE_GRACE_MS", 30_000)?),
+            lease_retry: common::settings::millis(src, "INGRESS_WS_LEASE_RETRY_MS", 2_000)?
+                .max(Duration::from_millis(10)),
+            lease_grace: common::settings::millis(src, "INGRESS_WS_LEASE_GRACE_MS", 30_000)?,
         };
         let amqp_url = or_default(src, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
         common::amqp::Brokers::parse(&amqp_url)?;
@@ -142,9 +137,8 @@ impl Settings {
         Ok(Self {
             locations,
             locations_file,
-            locations_poll: Duration::from_millis(
-                parsed(src, "INGRESS_LOCATIONS_POLL_MS", 1_000u64)?.max(10),
-            ),
+            locations_poll: common::settings::millis(src, "INGRESS_LOCATIONS_POLL_MS", 1_000)?
+                .max(Duration::from_millis(10)),
             ws,
             addr: listen_addr(src),
             amqp_url,
@@ -160,7 +154,7 @@ impl Settings {
                 // actix-web's limit.
                 .map(|_| in_range(src, "INGRESS_WORKERS", 1usize, 1, 512))
                 .transpose()?,
-            reconnect_max: Duration::from_millis(parsed(src, "INGRESS_RECONNECT_MAX_MS", 5_000)?),
+            reconnect_max: common::settings::millis(src, "INGRESS_RECONNECT_MAX_MS", 5_000)?,
         })
     }
 

@@ -50,12 +50,15 @@ impl EnrichSettings {
                 .any(|l| l.api_key().is_some());
         Ok(Self {
             enabled,
-            delay: Duration::from_millis(parsed(src, "ENRICH_DELAY_MS", 500)?),
-            poll: Duration::from_millis(parsed(src, "ENRICH_POLL_MS", 250)?.max(10)),
-            lease: Duration::from_millis(parsed(src, "ENRICH_LEASE_MS", 60_000)?.max(100)),
+            delay: common::settings::millis(src, "ENRICH_DELAY_MS", 500)?,
+            poll: common::settings::millis(src, "ENRICH_POLL_MS", 250)?
+                .max(Duration::from_millis(10)),
+            lease: common::settings::millis(src, "ENRICH_LEASE_MS", 60_000)?
+                .max(Duration::from_millis(100)),
             concurrency: parsed(src, "ENRICH_CONCURRENCY", 8usize)?.max(1),
-            backoff: Duration::from_millis(parsed(src, "ENRICH_BACKOFF_MS", 1_000)?.max(1)),
-            backoff_max: Duration::from_millis(parsed(src, "ENRICH_BACKOFF_MAX_MS", 300_000)?),
+            backoff: common::settings::millis(src, "ENRICH_BACKOFF_MS", 1_000)?
+                .max(Duration::from_millis(1)),
+            backoff_max: common::settings::millis(src, "ENRICH_BACKOFF_MAX_MS", 300_000)?,
             not_found_attempts: parsed(src, "ENRICH_NOT_FOUND_ATTEMPTS", 5)?,
         })
     }

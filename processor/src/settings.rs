@@ -87,6 +87,17 @@ impl Settings {
                 "PROCESSOR_BATCH and PROCESSOR_PREFETCH must be at least 1".into(),
             ));
         }
+        // Redis's PX and EX refuse 0: every claim and marker would fail.
+        let claim_lease = common::settings::millis(src, "PROCESSOR_CLAIM_LEASE_MS", 30_000)?;
+        let done_ttl = common::settings::secs(src, "PROCESSOR_DONE_TTL_SECS", 7 * 24 * 3600)?;
+        for (name, d) in [
+            ("PROCESSOR_CLAIM_LEASE_MS", claim_lease),
+            ("PROCESSOR_DONE_TTL_SECS", done_ttl),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError(format!("{name} must be at least 1")));
+            }
+        }
         let amqp_url = or_default(src, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
         common::amqp::Brokers::parse(&amqp_url)?;
         let database_url = or_default(
@@ -114,24 +125,23 @@ impl Settings {
             batch,
             db_pool: common::settings::at_least(src, "PROCESSOR_DB_POOL", 16u32, 1)?,
             db_timeouts: crate::db::Timeouts {
-                lock: Duration::from_millis(parsed(src, "PROCESSOR_DB_LOCK_TIMEOUT_MS", 2_000)?),
-                statement: Duration::from_millis(parsed(
+                lock: common::settings::millis(src, "PROCESSOR_DB_LOCK_TIMEOUT_MS", 2_000)?,
+                statement: common::settings::millis(
                     src,
                     "PROCESSOR_DB_STATEMENT_TIMEOUT_MS",
                     15_000,
-                )?),
+                )?,
             },
-            claim_lease: Duration::from_millis(parsed(src, "PROCESSOR_CLAIM_LEASE_MS", 30_000)?),
-            done_ttl: Duration::from_secs(parsed(src, "PROCESSOR_DONE_TTL_SECS", 7 * 24 * 3600)?),
+            claim_lease,
+            done_ttl,
             retry: crate::retry::Schedule::parse(
                 &or_default(src, "PROCESSOR_RETRY_DELAYS", "1s,5s,30s,2m,10m"),
                 parsed(src, "PROCESSOR_RETRY_ATTEMPTS", 30u32)?,
             )?,
             locations,
             locations_file: common::settings::optional(src, "DOJO_LOCATIONS_FILE"),
-            locations_poll: Duration::from_millis(
-                parsed(src, "PROCESSOR_LOCATIONS_POLL_MS", 1_000u64)?.max(10),
-            ),
+            locations_poll: common::settings::millis(src, "PROCESSOR_LOCATIONS_POLL_MS", 1_000)?
+                .max(Duration::from_millis(10)),
             dojo_api: common::dojo_api::ApiConfig::from_source(src)?,
             enrich: crate::enrich::EnrichSettings::from_source(src)?,
             sweep: crate::sweep::SweepSettings::from_source(src)?,

@@ -15,7 +15,7 @@ pub mod sequencer;
 pub mod sse;
 pub mod store;
 
-use common::settings::{parsed, ConfigError, Source};
+use common::settings::{ConfigError, Source};
 use std::time::Duration;
 
 /// `FEED_*` settings.
@@ -46,22 +46,22 @@ impl FeedSettings {
                     "FEED_RETENTION {text:?}: a duration like 12h or 7d"
                 ))
             })?;
-        let poll = parsed(src, "FEED_POLL_MS", 1000u64)?;
-        let heartbeat = parsed(src, "FEED_HEARTBEAT_SECS", 15u64)?;
+        let poll = common::settings::millis(src, "FEED_POLL_MS", 1000)?;
+        let heartbeat = common::settings::secs(src, "FEED_HEARTBEAT_SECS", 15)?;
         // Bounded: each stream's queue holds up to this many updates.
         let client_buffer =
             common::settings::in_range(src, "FEED_CLIENT_BUFFER", 1024usize, 2, 1_000_000)?;
-        if poll == 0 || heartbeat == 0 {
+        if poll.is_zero() || heartbeat.is_zero() {
             return Err(ConfigError(
                 "FEED_POLL_MS and FEED_HEARTBEAT_SECS must be at least 1".into(),
             ));
         }
         Ok(Self {
             retention,
-            poll: Duration::from_millis(poll),
-            heartbeat: Duration::from_secs(heartbeat),
+            poll,
+            heartbeat,
             client_buffer,
-            retry: Duration::from_millis(parsed(src, "FEED_RETRY_MS", 2000u64)?),
+            retry: common::settings::millis(src, "FEED_RETRY_MS", 2000)?,
         })
     }
 }
