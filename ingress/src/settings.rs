@@ -2,7 +2,7 @@
 //! tuning knobs of our own, all optional). Validated once at start.
 
 use common::locations::Locations;
-use common::settings::{at_least, in_range, optional, or_default, parsed, ConfigError, Source};
+use common::settings::{in_range, optional, or_default, parsed, ConfigError, Source};
 use std::time::Duration;
 
 pub use common::locations::RestCredentials;
@@ -78,6 +78,13 @@ impl Settings {
 
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
         // RabbitMQ allows 2,047 channels on a connection by default (`channel_max`).
+        // 0 would refuse every delivery (no confirm arrives in no time).
+        let publish_timeout = common::settings::millis(src, "INGRESS_PUBLISH_TIMEOUT_MS", 5_000)?;
+        if publish_timeout.is_zero() {
+            return Err(ConfigError(
+                "INGRESS_PUBLISH_TIMEOUT_MS must be at least 1".into(),
+            ));
+        }
         let publish_channels = in_range(src, "INGRESS_PUBLISH_CHANNELS", 1usize, 1, 1_024)?;
         let locations_file = optional(src, "DOJO_LOCATIONS_FILE");
         let ws_url = optional(src, "DOJO_WS_URL");
@@ -142,13 +149,7 @@ impl Settings {
             ws,
             addr: listen_addr(src),
             amqp_url,
-            // 0 would refuse every delivery (no confirm arrives in no time).
-            publish_timeout: Duration::from_millis(at_least(
-                src,
-                "INGRESS_PUBLISH_TIMEOUT_MS",
-                5_000,
-                1,
-            )?),
+            publish_timeout,
             publish_channels,
             workers: optional(src, "INGRESS_WORKERS")
                 // actix-web's limit.
