@@ -347,20 +347,16 @@ async fn without_a_broker_the_processor_still_serves_its_read_api() {
             .bearer_auth(API_TOKEN)
             .send()
     };
-    let r = get("/readyz").await.unwrap();
-    assert_eq!(r.status(), 503);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(
-        body,
-        serde_json::json!({"consuming": false, "database": true})
-    );
-    let r = get("/readyz/serving").await.unwrap();
-    assert_eq!(r.status(), 200);
-    let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(
-        body,
-        serde_json::json!({"consuming": false, "database": true})
-    );
+    for (path, status) in [("/readyz", 503), ("/readyz/serving", 200)] {
+        let r = get(path).await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"consuming": false, "database": true}),
+            "{path}"
+        );
+    }
     // The read API answers (an unknown payment is a 404 EPOSError, not a 503).
     let r = get("/v1/payment-intents/pi_none").await.unwrap();
     assert_eq!(r.status(), 404);

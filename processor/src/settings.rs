@@ -74,14 +74,16 @@ impl Settings {
         let channels = common::settings::in_range(src, "PROCESSOR_CHANNELS", 8usize, 1, 1_024)?;
         let batch = parsed(src, "PROCESSOR_BATCH", 64usize)?;
         let prefetch = parsed(src, "PROCESSOR_PREFETCH", 256u16)?;
-        for name in [
-            "PROCESSOR_DB_LOCK_TIMEOUT_MS",
-            "PROCESSOR_DB_STATEMENT_TIMEOUT_MS",
-        ] {
-            // 0 means "no limit" to PostgreSQL: exactly what these must not be; and
-            // PostgreSQL takes at most 2^31 - 1 ms (about 24 days).
-            common::settings::in_range(src, name, 1u64, 1, i32::MAX as u64)?;
-        }
+        // 0 means "no limit" to PostgreSQL: exactly what these must not be; and
+        // PostgreSQL takes at most 2^31 - 1 ms (about 24 days).
+        let db_timeout = |name: &str, default: u64| {
+            common::settings::in_range(src, name, default, 1, i32::MAX as u64)
+                .map(Duration::from_millis)
+        };
+        let db_timeouts = crate::db::Timeouts {
+            lock: db_timeout("PROCESSOR_DB_LOCK_TIMEOUT_MS", 2_000)?,
+            statement: db_timeout("PROCESSOR_DB_STATEMENT_TIMEOUT_MS", 15_000)?,
+        };
         if batch == 0 || prefetch == 0 {
             return Err(ConfigError(
                 "PROCESSOR_BATCH and PROCESSOR_PREFETCH must be at least 1".into(),
@@ -124,14 +126,7 @@ impl Settings {
             channels,
             batch,
             db_pool: common::settings::at_least(src, "PROCESSOR_DB_POOL", 16u32, 1)?,
-            db_timeouts: crate::db::Timeouts {
-                lock: common::settings::millis(src, "PROCESSOR_DB_LOCK_TIMEOUT_MS", 2_000)?,
-                statement: common::settings::millis(
-                    src,
-                    "PROCESSOR_DB_STATEMENT_TIMEOUT_MS",
-                    15_000,
-                )?,
-            },
+            db_timeouts,
             claim_lease,
             done_ttl,
             retry: crate::retry::Schedule::parse(

@@ -76,7 +76,7 @@ async fn catch_up(
             }
             Ok((_, Page::Gone { .. } | Page::Ahead { .. })) => {
                 let _ = tx.try_send(Bytes::from_static(
-                    b": cursor older than the retention, resync from the records\n\n",
+                    b": cursor outside what the feed keeps (pruned, or another database's), resync from the records\n\n",
                 ));
                 return Err(End::Gone);
             }
