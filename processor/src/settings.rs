@@ -72,8 +72,9 @@ impl Settings {
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
         // RabbitMQ allows 2,047 channels on a connection by default (`channel_max`).
         let channels = common::settings::in_range(src, "PROCESSOR_CHANNELS", 8usize, 1, 1_024)?;
-        let batch = parsed(src, "PROCESSOR_BATCH", 64usize)?;
-        let prefetch = parsed(src, "PROCESSOR_PREFETCH", 256u16)?;
+        // A batch takes only deliveries already prefetched (at most 65,535, a u16).
+        let batch = common::settings::in_range(src, "PROCESSOR_BATCH", 64usize, 1, 65_535)?;
+        let prefetch = common::settings::at_least(src, "PROCESSOR_PREFETCH", 256u16, 1)?;
         // 0 means "no limit" to PostgreSQL: exactly what these must not be; and
         // PostgreSQL takes at most 2^31 - 1 ms (about 24 days).
         let db_timeout = |name: &str, default: u64| {
@@ -84,11 +85,6 @@ impl Settings {
             lock: db_timeout("PROCESSOR_DB_LOCK_TIMEOUT_MS", 2_000)?,
             statement: db_timeout("PROCESSOR_DB_STATEMENT_TIMEOUT_MS", 15_000)?,
         };
-        if batch == 0 || prefetch == 0 {
-            return Err(ConfigError(
-                "PROCESSOR_BATCH and PROCESSOR_PREFETCH must be at least 1".into(),
-            ));
-        }
         // Redis's PX and EX refuse 0: every claim and marker would fail.
         let claim_lease = common::settings::millis(src, "PROCESSOR_CLAIM_LEASE_MS", 30_000)?;
         let done_ttl = common::settings::secs(src, "PROCESSOR_DONE_TTL_SECS", 7 * 24 * 3600)?;
@@ -258,7 +254,12 @@ mod tests {
     #[test]
     fn zero_concurrency_is_refused() {
         // A reason, not a panic later (a pool of 0 panicked when it was built).
-        for name in ["PROCESSOR_CHANNELS", "PROCESSOR_DB_POOL"] {
+        for name in [
+            "PROCESSOR_CHANNELS",
+            "PROCESSOR_DB_POOL",
+            "PROCESSOR_BATCH",
+            "PROCESSOR_PREFETCH",
+        ] {
             let src: HashMap<String, String> = [(name.into(), "0".into())].into();
             let err = Settings::from_source(&src).unwrap_err();
             assert!(err.0.contains(name), "{}", err.0);
@@ -267,6 +268,7 @@ mod tests {
         // allocation later.
         for (name, value) in [
             ("PROCESSOR_CHANNELS", "5000"),
+            ("PROCESSOR_BATCH", "65536"),
             ("PROCESSOR_DB_LOCK_TIMEOUT_MS", "4294967296000"),
             ("FEED_CLIENT_BUFFER", "18446744073709551615"),
             ("FEED_CLIENT_BUFFER", "1"),
