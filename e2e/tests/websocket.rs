@@ -9,6 +9,7 @@ use e2e::wait_until;
 use serde_json::json;
 use simulator::event::Event;
 use simulator::run::{Options, Targets, Via};
+use simulator::ws::Message;
 use simulator::ws::{error_type, is_success, DojoWs};
 use std::time::Duration;
 use support::*;
@@ -137,6 +138,44 @@ async fn bad_requests_get_epos_errors_and_the_socket_survives_them() {
         .unwrap();
     assert_eq!(error_type(&unknown), Some("NotFound"), "{unknown}");
     assert_eq!(unknown["method"], "SearchOrdersV1");
+
+    // A request with an id is answered even when it cannot be handled: no method, or a
+    // binary frame that is not UTF-8 (never stored with its bytes replaced).
+    let no_method = ws
+        .call_frame(
+            "no-method",
+            Message::Text(r#"{"jsonrpc":"2.0","id":"no-method","params":{}}"#.into()),
+            REPLY,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        error_type(&no_method),
+        Some("InvalidRequest"),
+        "{no_method}"
+    );
+    let event = Event::new(
+        "evt_not_utf8",
+        "payment_intent.created",
+        "pi_u",
+        "Created",
+        Utc::now(),
+    );
+    let mut bytes = format!(
+        r#"{{"jsonrpc":"2.0","id":"not-utf8","method":"HandleEventV1","params":{}}}"#,
+        event.body()
+    )
+    .into_bytes();
+    let at = bytes.windows(3).position(|w| w == b"pi_").unwrap();
+    bytes[at + 2] = 0xff;
+    let not_utf8 = ws
+        .call_frame("not-utf8", Message::Binary(bytes.into()), REPLY)
+        .await
+        .unwrap();
+    assert_eq!(error_type(&not_utf8), Some("InvalidRequest"), "{not_utf8}");
+    assert!(not_utf8["error"]["debugMessage"]
+        .as_str()
+        .is_some_and(|m| m.contains("UTF-8")));
 
     // A frame that is not JSON is logged, not answered, and does not kill the socket.
     ws.send_text("this is not json".into()).unwrap();

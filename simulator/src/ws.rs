@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::Message;
+pub use tokio_tungstenite::tungstenite::Message;
 
 struct Connection {
     serial: u64,
@@ -339,21 +339,30 @@ impl DojoWs {
 
     /// Sends a raw text frame on the most recent connection.
     pub fn send_text(&self, text: String) -> anyhow::Result<()> {
-        self.inner
-            .latest_connection(|conn| conn.outbox.send(Message::Text(text.into())))
-            .context("no POS connected")?
-            .map_err(|_| anyhow!("connection closed"))
+        self.send(None, Message::Text(text.into()))
     }
 
     /// Sends a raw text frame on the socket of `key`.
     pub fn send_text_on(&self, key: &str, text: String) -> anyhow::Result<()> {
-        let open = self.inner.open.lock().expect("lock");
-        let conn = open
-            .get(key)
-            .with_context(|| format!("no socket open for key {}", mask(key)))?;
-        conn.outbox
-            .send(Message::Text(text.into()))
-            .map_err(|_| anyhow!("connection closed"))
+        self.send(Some(key), Message::Text(text.into()))
+    }
+
+    /// Sends `frame` on the socket of `key`, or on the most recent connection.
+    fn send(&self, key: Option<&str>, frame: Message) -> anyhow::Result<()> {
+        let sent = match key {
+            Some(key) => {
+                let open = self.inner.open.lock().expect("lock");
+                let conn = open
+                    .get(key)
+                    .with_context(|| format!("no socket open for key {}", mask(key)))?;
+                conn.outbox.send(frame)
+            }
+            None => self
+                .inner
+                .latest_connection(|conn| conn.outbox.send(frame))
+                .context("no POS connected")?,
+        };
+        sent.map_err(|_| anyhow!("connection closed"))
     }
 
     /// Sends a JSON-RPC request on the most recent connection and waits for the reply
@@ -399,22 +408,42 @@ impl DojoWs {
         timeout: Duration,
     ) -> anyhow::Result<Value> {
         let id = format!("sim-{}", self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let request = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"method":{},"params":{params_text}}}"#,
+            json!(id),
+            json!(method)
+        );
+        self.exchange(key, &id, Message::Text(request.into()), timeout)
+            .await
+    }
+
+    /// Sends `frame` as it is (text or binary, any bytes) on the most recent connection
+    /// and waits for the reply whose `id` is the string `id`: for requests no well-formed
+    /// client would send.
+    pub async fn call_frame(
+        &self,
+        id: &str,
+        frame: Message,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        self.exchange(None, id, frame, timeout).await
+    }
+
+    async fn exchange(
+        &self,
+        key: Option<&str>,
+        id: &str,
+        frame: Message,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let id = id.to_owned();
         let (tx, rx) = oneshot::channel();
         self.inner
             .pending
             .lock()
             .expect("lock")
             .insert(id.clone(), tx);
-        let request = format!(
-            r#"{{"jsonrpc":"2.0","id":{},"method":{},"params":{params_text}}}"#,
-            json!(id),
-            json!(method)
-        );
-        let sent = match key {
-            Some(key) => self.send_text_on(key, request),
-            None => self.send_text(request),
-        };
-        if let Err(e) = sent {
+        if let Err(e) = self.send(key, frame) {
             self.inner.pending.lock().expect("lock").remove(&id);
             return Err(e);
         }

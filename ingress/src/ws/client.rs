@@ -12,6 +12,7 @@
 //! in-flight replies are sent, then the socket is closed cleanly (1001).
 
 use super::handshakes::Handshakes;
+use super::rpc::Incoming;
 use crate::accept::{Intake, MAX_EVENT};
 use crate::settings::WsSettings;
 use common::locations::Location;
@@ -125,22 +126,44 @@ async fn connect(location: &Location, settings: &WsSettings) -> anyhow::Result<S
     Ok(socket)
 }
 
+/// Dojo's "restarting" (1012) or "try again later" (1013) close (RFC 6455 §7.4.1,
+/// IANA's close code registry).
+fn try_again_later(close: Option<u16>) -> bool {
+    matches!(close, Some(1012 | 1013))
+}
+
 /// The next backoff after a session of `lasted` that ended with `close` (None: no
-/// session, the handshake failed).
+/// session, the handshake failed). A session that stayed open `stable_after` starts the
+/// backoff again: from [`BACKOFF_START`], or from [`TRY_AGAIN_LATER`] after a 1012/1013.
 fn next_backoff(
     backoff: Duration,
     lasted: Option<Duration>,
     close: Option<u16>,
     settings: &WsSettings,
 ) -> Duration {
-    if matches!(close, Some(1012 | 1013)) {
-        return (backoff * 2)
+    let stable = matches!(lasted, Some(d) if d >= settings.stable_after);
+    if try_again_later(close) {
+        let next = if stable { TRY_AGAIN_LATER } else { backoff * 2 };
+        return next
             .max(TRY_AGAIN_LATER)
             .min(settings.reconnect_max.max(TRY_AGAIN_LATER));
     }
-    match lasted {
-        Some(d) if d >= settings.stable_after => BACKOFF_START,
-        _ => (backoff * 2).min(settings.reconnect_max),
+    if stable {
+        BACKOFF_START
+    } else {
+        (backoff * 2).min(settings.reconnect_max)
+    }
+}
+
+/// The pause before the next handshake: `backoff` jittered down to half of it, but never
+/// under [`TRY_AGAIN_LATER`] after a 1012/1013 close.
+fn pause(backoff: Duration, close: Option<u16>) -> Duration {
+    let ms = backoff.as_millis().max(2) as u64;
+    let jittered = Duration::from_millis(rand::rng().random_range(ms / 2..=ms));
+    if try_again_later(close) {
+        jittered.max(TRY_AGAIN_LATER)
+    } else {
+        jittered
     }
 }
 
@@ -193,10 +216,8 @@ async fn supervise(
             }
         };
         backoff = next_backoff(backoff, lasted, close, settings);
-        let ms = backoff.as_millis().max(2) as u64;
-        let pause = Duration::from_millis(rand::rng().random_range(ms / 2..=ms));
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(pause(backoff, close)) => {}
             _ = stop.changed() => {}
         }
     }
@@ -232,9 +253,9 @@ async fn serve(
         tokio::select! {
             frame = source.next() => {
                 last_seen = Instant::now();
-                let text = match frame {
-                    Some(Ok(Message::Text(t))) => t.to_string(),
-                    Some(Ok(Message::Binary(b))) => String::from_utf8_lossy(&b).into_owned(),
+                let message = match frame {
+                    Some(Ok(Message::Text(t))) => Incoming::Text(t.to_string()),
+                    Some(Ok(Message::Binary(b))) => Incoming::Binary(b.to_vec()),
                     Some(Ok(Message::Close(frame))) => {
                         close_code = frame.map(|f| u16::from(f.code));
                         break;
@@ -255,7 +276,7 @@ async fn serve(
                 let Ok(slot) = slots.clone().acquire_owned().await else { break };
                 let (shared, outbox, location) = (shared.clone(), outbox.clone(), location.clone());
                 requests.spawn(async move {
-                    if let Some(reply) = super::rpc::handle(&shared.intake, &text, &location).await {
+                    if let Some(reply) = super::rpc::handle(&shared.intake, message, &location).await {
                         let _ = outbox.send(Message::Text(reply.into())).await;
                     }
                     drop(slot);
@@ -346,6 +367,27 @@ mod tests {
                 &s,
             );
             assert!(next >= TRY_AGAIN_LATER, "{code}: {next:?}");
+            // Jitter never takes the pause under the floor.
+            for _ in 0..100 {
+                assert!(pause(next, Some(code)) >= TRY_AGAIN_LATER, "{code}");
+            }
+            // Closed at once again: the backoff grows, capped.
+            let grown = next_backoff(next, Some(Duration::from_millis(5)), Some(code), &s);
+            assert_eq!(grown, next * 2, "{code}");
+            assert_eq!(
+                next_backoff(s.reconnect_max, None, Some(code), &s),
+                s.reconnect_max
+            );
+        }
+    }
+
+    #[test]
+    fn try_again_later_after_a_stable_session_starts_the_backoff_again() {
+        // Dojo restarting (1012) now and then must not push every reconnect to the cap.
+        let s = settings();
+        for code in [1012, 1013] {
+            let next = next_backoff(s.reconnect_max, Some(s.stable_after), Some(code), &s);
+            assert_eq!(next, TRY_AGAIN_LATER, "{code}");
         }
     }
 }

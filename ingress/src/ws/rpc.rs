@@ -15,20 +15,61 @@ use tracing::Instrument;
 
 pub const HANDLE_EVENT: &str = "HandleEventV1";
 
+/// A JSON-RPC 2.0 request object. The `id` is kept as its raw text, so any id (a string
+/// as Dojo sends, or a number beyond `f64`) is echoed byte for byte; `null` is none.
 #[derive(Deserialize)]
 struct Frame<'a> {
-    id: Option<Value>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
     method: Option<String>,
     #[serde(borrow)]
     params: Option<&'a RawValue>,
 }
 
-fn reply(id: &Value, method: &str, outcome: Result<(), EposError>) -> String {
-    match outcome {
-        Ok(()) => json!({"jsonrpc": "2.0", "id": id, "method": method, "result": {}}),
-        Err(error) => json!({"jsonrpc": "2.0", "id": id, "method": method, "error": error}),
+/// The `id` and `method` of a request whose members do not fit [`Frame`] (a `method`
+/// that is not a string, a repeated member): enough to answer it `InvalidRequest`
+/// instead of leaving Dojo waiting for a reply.
+fn loose_id(frame: &str) -> Option<(Box<RawValue>, String)> {
+    let Value::Object(mut members) = serde_json::from_str(frame).ok()? else {
+        return None;
+    };
+    let id = members.remove("id").filter(|id| !id.is_null())?;
+    let method = match members.remove("method") {
+        Some(Value::String(m)) => m,
+        _ => String::new(),
+    };
+    Some((serde_json::value::to_raw_value(&id).ok()?, method))
+}
+
+/// A JSON-RPC response: `result: {}` or an EPOSError `error`, echoing `id` (as its raw
+/// text, never through `f64`) and `method`.
+fn reply<I: serde::Serialize + ?Sized>(
+    id: &I,
+    method: &str,
+    outcome: Result<(), EposError>,
+) -> String {
+    #[derive(serde::Serialize)]
+    struct Reply<'a, I: ?Sized> {
+        jsonrpc: &'static str,
+        id: &'a I,
+        method: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<EposError>,
     }
-    .to_string()
+    let (result, error) = match outcome {
+        Ok(()) => (Some(json!({})), None),
+        Err(error) => (None, Some(error)),
+    };
+    serde_json::to_string(&Reply {
+        jsonrpc: "2.0",
+        id,
+        method,
+        result,
+        error,
+    })
+    .expect("a reply serialises")
 }
 
 /// A header value as a string, whether Dojo sent it as a string or a number.
@@ -98,14 +139,30 @@ fn split_params(params: &RawValue) -> Result<(Vec<u8>, RequestorHeaders), String
     Ok((event, requestor))
 }
 
-/// Handles one text frame, in a span of its own (a new trace: Dojo sends no trace
-/// context over the socket). `None`: nothing to answer (not JSON, or a notification
-/// without an `id`); those are logged, and the socket carries on.
-pub async fn handle(intake: &Intake, frame: &str, location: &Location) -> Option<String> {
+/// One message read from the socket: a text frame, or a binary frame's bytes.
+pub enum Incoming {
+    Text(String),
+    /// A binary frame that is valid UTF-8 is handled as text; one that is not is
+    /// answered `InvalidRequest` (when an `id` can be read) and never stored.
+    Binary(Vec<u8>),
+}
+
+/// Handles one message, in a span of its own (a new trace: Dojo sends no trace context
+/// over the socket). `None`: nothing to answer (not a JSON object, a JSON-RPC batch, or
+/// a notification without an `id`); those are logged, and the socket carries on.
+pub async fn handle(intake: &Intake, message: Incoming, location: &Location) -> Option<String> {
     let started = Instant::now();
     let (span, ids) = crate::accept::delivery_span("HandleEventV1", "ws", None);
     span.record("location", location.id.as_str());
-    let (reply, answer) = answer(intake, frame, &ids, location)
+    let (frame, utf8) = match message {
+        Incoming::Text(text) => (text, true),
+        Incoming::Binary(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => (text, true),
+            // Lossy only to find the id to answer: the event itself is refused.
+            Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), false),
+        },
+    };
+    let (reply, answer) = answer(intake, &frame, utf8, &ids, location)
         .instrument(span.clone())
         .await;
     span.record("dojo.answer", answer);
@@ -116,29 +173,104 @@ pub async fn handle(intake: &Intake, frame: &str, location: &Location) -> Option
     reply
 }
 
+/// An `InvalidRequest` reply to the request `id` (echoed with `method`).
+fn refuse<I: serde::Serialize + std::fmt::Display + ?Sized>(
+    id: &I,
+    method: &str,
+    message: String,
+    ids: &Ids,
+) -> (Option<String>, &'static str) {
+    tracing::warn!(id = %id, error = %message, "WebSocket request rejected");
+    let error = EposError::new(ErrorType::InvalidRequest, message, &ids.trace_id);
+    (Some(reply(id, method, Err(error))), "invalid")
+}
+
+/// What a message read from the socket is.
+#[derive(Debug)]
+enum Read<'a> {
+    /// A request to handle (its method may still be unknown).
+    Request {
+        id: &'a RawValue,
+        method: String,
+        params: Option<&'a RawValue>,
+    },
+    /// A request with an `id` that cannot be handled: answered `InvalidRequest`.
+    Refused {
+        id: Box<RawValue>,
+        method: String,
+        why: &'static str,
+    },
+    /// Nothing to answer: not a JSON object, a batch, or no `id` (a notification).
+    Ignored,
+}
+
+/// Reads one message (`utf8` false: a binary frame that was not UTF-8, read lossily).
+fn read(frame: &str, utf8: bool) -> Read<'_> {
+    // A request is a JSON object (JSON-RPC 2.0 §4); serde would also take an array as
+    // the struct's members by position, and a batch (an array) is not Dojo's.
+    let parsed: Option<Frame> = if frame.trim_start().starts_with('{') {
+        serde_json::from_str(frame).ok()
+    } else {
+        None
+    };
+    let Some(parsed) = parsed else {
+        return match loose_id(frame) {
+            Some((id, method)) => Read::Refused {
+                id,
+                method,
+                why: if utf8 {
+                    "not a JSON-RPC request: `method` must be a string, each member given once"
+                } else {
+                    NOT_UTF8
+                },
+            },
+            None => Read::Ignored,
+        };
+    };
+    let Some(id) = parsed.id else {
+        return Read::Ignored;
+    };
+    match parsed.method {
+        None => Read::Refused {
+            id: id.to_owned(),
+            method: String::new(),
+            why: "missing method",
+        },
+        Some(method) if !utf8 => Read::Refused {
+            id: id.to_owned(),
+            method,
+            why: NOT_UTF8,
+        },
+        Some(method) => Read::Request {
+            id,
+            method,
+            params: parsed.params,
+        },
+    }
+}
+
+const NOT_UTF8: &str = "message is not valid UTF-8";
+
 /// The reply (if any) and the metrics' `answer` label.
 async fn answer(
     intake: &Intake,
     frame: &str,
+    utf8: bool,
     ids: &Ids,
     location: &Location,
 ) -> (Option<String>, &'static str) {
-    let parsed: Frame = match serde_json::from_str(frame) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!(error = %e, frame = %frame.chars().take(200).collect::<String>(), "malformed WebSocket frame ignored");
+    let (id, method, params) = match read(frame, utf8) {
+        Read::Request { id, method, params } => (id, method, params),
+        Read::Refused { id, method, why } => return refuse(&*id, &method, why.into(), ids),
+        Read::Ignored => {
+            tracing::warn!(frame = %frame.chars().take(200).collect::<String>(), "malformed WebSocket frame ignored");
             return (None, "malformed");
         }
-    };
-    let Some(id) = parsed.id else {
-        tracing::warn!(method = ?parsed.method, "WebSocket frame without id ignored");
-        return (None, "malformed");
     };
     let fail = |kind: ErrorType, message: String| {
         tracing::warn!(id = %id, error = %message, "WebSocket request rejected");
         Err(EposError::new(kind, message, &ids.trace_id))
     };
-    let method = parsed.method.unwrap_or_default();
     let (outcome, label) = if method != HANDLE_EVENT {
         (
             fail(
@@ -148,7 +280,7 @@ async fn answer(
             "not_found",
         )
     } else {
-        match parsed.params.map(split_params) {
+        match params.map(split_params) {
             None => (
                 fail(ErrorType::InvalidRequest, "missing params".into()),
                 "invalid",
@@ -233,5 +365,78 @@ mod tests {
         assert_eq!(err["error"]["errorType"], "NotFound");
         assert_eq!(err["method"], "SearchOrdersV1");
         assert_eq!(err["id"], 7);
+    }
+
+    fn refused(frame: &str, utf8: bool) -> (String, String, &'static str) {
+        match read(frame, utf8) {
+            Read::Refused { id, method, why } => (id.get().to_owned(), method, why),
+            other => panic!("{frame}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_with_an_id_is_answered_even_when_it_cannot_be_handled() {
+        let event = r#"{"id":"evt_1","accountId":"a"}"#;
+        let (id, method, why) = refused(
+            &format!(r#"{{"jsonrpc":"2.0","id":"m1","params":{event}}}"#),
+            true,
+        );
+        assert_eq!(
+            (id.as_str(), method.as_str(), why),
+            (r#""m1""#, "", "missing method")
+        );
+        let (id, _, why) = refused(r#"{"id":"m2","method":5,"params":{}}"#, true);
+        assert_eq!(id, r#""m2""#);
+        assert!(why.contains("`method` must be a string"), "{why}");
+        let (id, method, _) = refused(
+            r#"{"id":"m3","id":"m3","method":"HandleEventV1","params":{}}"#,
+            true,
+        );
+        assert_eq!((id.as_str(), method.as_str()), (r#""m3""#, "HandleEventV1"));
+        // A binary frame that is not UTF-8 (read lossily): answered, never handled.
+        let lossy = String::from_utf8_lossy(b"{\"id\":\"m4\",\"method\":\"HandleEventV1\",\"params\":{\"captureMode\":\"Au\xfft\"}}");
+        let (id, method, why) = refused(&lossy, false);
+        assert_eq!(
+            (id.as_str(), method.as_str(), why),
+            (r#""m4""#, "HandleEventV1", NOT_UTF8)
+        );
+    }
+
+    #[test]
+    fn only_a_json_object_with_an_id_is_a_request() {
+        for frame in [
+            "not json",
+            r#"["pos-1","HandleEventV1",{"id":"evt_1"}]"#,
+            r#"[{"jsonrpc":"2.0","id":"b1","method":"HandleEventV1","params":{}}]"#,
+            r#"{"jsonrpc":"2.0","method":"HandleEventV1","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"HandleEventV1","params":{}}"#,
+        ] {
+            assert!(matches!(read(frame, true), Read::Ignored), "{frame}");
+        }
+        let frame =
+            r#" {"jsonrpc":"2.0","id":"c0ffee-1","method":"HandleEventV1","params":{"id":"e"}}"#;
+        let Read::Request { id, method, params } = read(frame, true) else {
+            panic!("{frame}")
+        };
+        assert_eq!((id.get(), method.as_str()), (r#""c0ffee-1""#, HANDLE_EVENT));
+        assert_eq!(params.unwrap().get(), r#"{"id":"e"}"#);
+    }
+
+    #[test]
+    fn any_id_is_echoed_byte_for_byte() {
+        for raw in [
+            "123456789012345678901234567890",
+            "1e400",
+            r#""sim-1""#,
+            "-0.5",
+        ] {
+            let frame = format!(r#"{{"id":{raw},"method":"SearchOrdersV1"}}"#);
+            let Read::Request { id, .. } = read(&frame, true) else {
+                panic!("{frame}")
+            };
+            let err = EposError::new(ErrorType::NotFound, "nope", "t");
+            let answer = reply(id, "SearchOrdersV1", Err(err));
+            assert!(answer.contains(&format!(r#""id":{raw}"#)), "{answer}");
+        }
     }
 }
