@@ -376,7 +376,7 @@ async fn five_percent_never_delivered_are_right_after_one_sweep_and_a_second_rep
          {wrong} not in their final status; first sweep: {} seen, {} repaired; \
          all 300 right with their amounts; {repairs} repairs for {intents_repaired} intents; second sweep: {} seen, {} repaired",
         scenario.lost.len(),
-        scenario.distinct,
+        scenario.distinct + scenario.lost.len(),
         first.seen,
         first.repaired,
         second.seen,

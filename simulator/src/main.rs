@@ -11,6 +11,26 @@ use simulator::run::{Options, Targets, Via};
 use simulator::{scenario, verify, ws::DojoWs, Dojo};
 use std::time::Duration;
 
+/// A fraction from 0 to 1 (`--duplicates`, `--doubling`, `--lose`, `--late`).
+fn fraction(s: &str) -> Result<f64, String> {
+    let x: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&x) {
+        Ok(x)
+    } else {
+        Err("must be from 0 to 1".into())
+    }
+}
+
+/// Deliveries per second: more than 0, at most a million.
+fn positive_rate(s: &str) -> Result<f64, String> {
+    let x: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if x > 0.0 && x <= 1e6 {
+        Ok(x)
+    } else {
+        Err("must be more than 0 and at most 1000000".into())
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "dojo-simulator",
@@ -91,14 +111,17 @@ struct RunArgs {
     #[arg(long)]
     locations: Option<usize>,
     /// Fraction of events delivered twice.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, value_parser = fraction)]
     duplicates: f64,
     /// Fraction of deliveries also sent over a second channel.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = fraction)]
     doubling: f64,
-    /// Fraction of distinct events never sent on any channel (lost for good; a sweep of
-    /// the processor repairs them from the Dojo API of --api-listen).
-    #[arg(long, default_value_t = 0.0)]
+    /// Fraction of distinct events never sent on any channel (lost for good). The
+    /// processor repairs them from the Dojo API of --api-listen: its details fetches and
+    /// sweeps fix intents it knows; only a sweep with a locations file also finds intents
+    /// it never heard of (docs/OPERATIONS.md). The simulator starts no sweep: run
+    /// `processor reconcile` while it still serves the API.
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
     lose: f64,
     /// Serve Dojo's payment-intent API here (GET /payment-intents/{id}, POST
     /// /payment-intents/search) over the generated payments: point the processor's
@@ -106,10 +129,10 @@ struct RunArgs {
     #[arg(long)]
     api_listen: Option<String>,
     /// Fraction of deliveries held back to the end (late retries).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = fraction)]
     late: f64,
     /// Deliveries per second (open loop); unset: as fast as --concurrency allows.
-    #[arg(long)]
+    #[arg(long, value_parser = positive_rate)]
     rate: Option<f64>,
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -221,7 +244,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.ingress {
         targets.http = Some(Dojo::new(
             url,
-            &args.webhook_secret,
+            // The first secret signs, as Dojo signs with the newest during a rotation.
+            args.webhook_secret
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .trim(),
             &args.rest_username,
             &args.rest_password,
         ));

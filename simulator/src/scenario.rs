@@ -26,7 +26,7 @@ const MANUAL: [&[&str]; 4] = [
 pub struct Scenario {
     /// Every delivery, in sending order: duplicates included, order shuffled.
     pub deliveries: Vec<Event>,
-    /// Distinct events.
+    /// Distinct events in `deliveries` (the lost ones not counted).
     pub distinct: usize,
     /// Payment intent id -> its final status.
     pub expected: HashMap<String, String>,
@@ -174,6 +174,20 @@ impl Scenario {
             .into_iter()
             .filter(|e| seen.insert(e.id.clone()))
             .collect();
+        // `distinct` counts what is sent: the lost events are not.
+        self.distinct -= self.lost.len();
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn distinct_counts_what_is_sent_after_a_loss() {
+        let scenario = super::lifecycles("acc", 100, 0.3, 31).lose(0.2, 31);
+        let sent: std::collections::HashSet<&str> =
+            scenario.deliveries.iter().map(|e| e.id.as_str()).collect();
+        assert!(!scenario.lost.is_empty());
+        assert_eq!(scenario.distinct, sent.len());
     }
 }
