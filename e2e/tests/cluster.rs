@@ -52,44 +52,58 @@ async fn refusal(dojo: &Dojo, body: &str) -> Option<String> {
     }
 }
 
-/// Sends fresh `created` events at [`RATE`] per second until `stop`.
-fn stream(
+/// Sends fresh `created` events at [`RATE`] per second until `stop`, and returns once
+/// ingress has acknowledged half a second's worth (the stream flows before any fault).
+async fn stream(
     dojo: Dojo,
     prefix: &'static str,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Vec<Answer>> {
-    tokio::spawn(async move {
-        let answers = Arc::new(Mutex::new(Vec::new()));
-        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
-        let mut sends = tokio::task::JoinSet::new();
-        let mut n = 0u64;
-        while !stop.load(Ordering::SeqCst) {
-            tick.tick().await;
-            n += 1;
-            let (dojo, answers) = (dojo.clone(), answers.clone());
-            sends.spawn(async move {
-                let id = format!("evt_{prefix}_{n}");
-                let body = Event::new(
-                    &id,
-                    "payment_intent.created",
-                    &format!("pi_{prefix}_{n}"),
-                    "Created",
-                    Utc::now(),
-                )
-                .body();
-                let why = refusal(&dojo, &body).await;
-                answers.lock().unwrap().push(Answer {
-                    id,
-                    at: Instant::now(),
-                    ok: why.is_none(),
-                    why,
+    let answers = Arc::new(Mutex::new(Vec::<Answer>::new()));
+    let task = tokio::spawn({
+        let answers = answers.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+            let mut sends = tokio::task::JoinSet::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                tick.tick().await;
+                n += 1;
+                let (dojo, answers) = (dojo.clone(), answers.clone());
+                sends.spawn(async move {
+                    let id = format!("evt_{prefix}_{n}");
+                    let body = Event::new(
+                        &id,
+                        "payment_intent.created",
+                        &format!("pi_{prefix}_{n}"),
+                        "Created",
+                        Utc::now(),
+                    )
+                    .body();
+                    let why = refusal(&dojo, &body).await;
+                    answers.lock().unwrap().push(Answer {
+                        id,
+                        at: Instant::now(),
+                        ok: why.is_none(),
+                        why,
+                    });
                 });
-            });
-            while sends.try_join_next().is_some() {}
+                while sends.try_join_next().is_some() {}
+            }
+            while sends.join_next().await.is_some() {}
+            std::mem::take(&mut *answers.lock().unwrap())
         }
-        while sends.join_next().await.is_some() {}
-        Arc::try_unwrap(answers).ok().unwrap().into_inner().unwrap()
-    })
+    });
+    wait_until(
+        &format!("{prefix}: the stream acknowledged"),
+        PATIENCE,
+        || {
+            let acked = answers.lock().unwrap().iter().filter(|a| a.ok).count();
+            async move { (acked as u64 >= RATE / 2).then_some(()) }
+        },
+    )
+    .await;
+    task
 }
 
 /// Checks and prints one scenario: every acknowledged event applied once.
@@ -242,8 +256,7 @@ async fn a_three_node_cluster_loses_nothing_through_a_leader_stop_a_rolling_rest
     // 1. The node leading dojo.events.processor stops for good (until the end of the stream).
     let leader = cluster.leader_of(PROCESSOR_QUEUE).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let load = stream(dojo.clone(), "leader", stop.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await; // the stream runs before the fault
+    let load = stream(dojo.clone(), "leader", stop.clone()).await;
     let fault = Instant::now();
     blocking(Box::new(move |c| c.stop(leader))).await;
     tokio::time::sleep(Duration::from_secs(8)).await; // the node stays down this long
@@ -255,8 +268,7 @@ async fn a_three_node_cluster_loses_nothing_through_a_leader_stop_a_rolling_rest
 
     // 2. Rolling restart: each node stopped and started again, one after the other.
     let stop = Arc::new(AtomicBool::new(false));
-    let load = stream(dojo.clone(), "rolling", stop.clone());
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let load = stream(dojo.clone(), "rolling", stop.clone()).await;
     let fault = Instant::now();
     for i in 0..3 {
         blocking(Box::new(move |c| c.stop(i))).await;
@@ -289,8 +301,7 @@ async fn a_three_node_cluster_loses_nothing_through_a_leader_stop_a_rolling_rest
     // 3. A partition: one node frozen (SIGSTOP), unreachable to its peers and clients.
     let frozen = cluster.leader_of(PROCESSOR_QUEUE).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let load = stream(dojo.clone(), "partition", stop.clone());
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let load = stream(dojo.clone(), "partition", stop.clone()).await;
     let fault = Instant::now();
     cluster.pause(frozen).unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await; // partitioned this long
