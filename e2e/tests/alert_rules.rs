@@ -102,6 +102,18 @@ async fn page(url: &str) -> String {
     reqwest::get(url).await.unwrap().text().await.unwrap()
 }
 
+/// The value of series `name` carrying every `label="value"` pair of `labels`, if exposed.
+fn value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    page.lines().find_map(|line| {
+        let (series, number) = line.rsplit_once(' ')?;
+        let rest = series.strip_prefix(name)?.strip_prefix('{')?;
+        labels
+            .iter()
+            .all(|(l, v)| rest.contains(&format!("{l}=\"{v}\"")))
+            .then(|| number.parse().ok())?
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_alert_rule_reads_series_the_services_really_expose() {
     let rules = wanted();
@@ -149,6 +161,27 @@ async fn every_alert_rule_reads_series_the_services_really_expose() {
     .await;
     ws.wait_for_open(2, PATIENCE).await.unwrap();
     ready(&ingress.url).await;
+    let metrics_url = format!("{}/metrics", ingress.url);
+
+    // The counters an `increase()` rule reads exist at 0 before anything happens: one
+    // that first appears at 1 shows Prometheus no increase, and its first (often only)
+    // incident would not alert.
+    let before = page(&metrics_url).await;
+    for location in &sims {
+        for channel in ["rest", "webhook", "ws"] {
+            let labels = [("location", location.id.as_str()), ("channel", channel)];
+            assert_eq!(
+                value(&before, "dojo_ingress_wrong_account_total", &labels),
+                Some(0.0),
+                "{labels:?} in:\n{before}"
+            );
+        }
+    }
+    let refused = [("result", "refused")];
+    assert_eq!(
+        value(&before, "dojo_ingress_locations_reloads_total", &refused),
+        Some(0.0)
+    );
 
     // What the rules watch for: an accepted event, an event of another account, a
     // refused locations file.
@@ -182,25 +215,34 @@ async fn every_alert_rule_reads_series_the_services_really_expose() {
     event.id = "evt_alert_3".into();
     event.payment_intent_id = "pi_alert_3".into();
     assert_eq!(b_hook.webhook(&event.body()).await.unwrap().status(), 200);
+    let wrong = [("location", a.id.as_str()), ("channel", "webhook")];
+    assert_eq!(
+        value(
+            &page(&metrics_url).await,
+            "dojo_ingress_wrong_account_total",
+            &wrong
+        ),
+        Some(1.0)
+    );
     let processor_metrics = format!("{}/metrics", processor.running.url);
+    let last_sweep = "dojo_processor_sweep_last_success_timestamp_seconds";
     wait_until(
-        "the refused key and a completed sweep in the processor's metrics",
+        "the refused key, a completed sweep of location 1 and none of location 2 (0) in the processor's metrics",
         PATIENCE,
         || async {
             let page = page(&processor_metrics).await;
+            let swept = |l: &locations::SimLocation| value(&page, last_sweep, &[("location", &l.id)]);
             (page.contains("dojo_api_key_broken{")
-                && page.contains("dojo_processor_sweep_last_success_timestamp_seconds{"))
+                && swept(&sims[0]).is_some_and(|t| t > 0.0)
+                && swept(&sims[1]) == Some(0.0))
             .then_some(())
         },
     )
     .await;
     std::fs::write(&file, "[[location]]\nid = \"x\"\n").unwrap();
-    let metrics_url = format!("{}/metrics", ingress.url);
     wait_until("the broken file refused", PATIENCE, || async {
-        page(&metrics_url)
-            .await
-            .contains("result=\"refused\"")
-            .then_some(())
+        let page = page(&metrics_url).await;
+        (value(&page, "dojo_ingress_locations_reloads_total", &refused) == Some(1.0)).then_some(())
     })
     .await;
     processor.settled(1).await;

@@ -74,6 +74,7 @@ impl Application {
         let workers = settings.workers;
         let metrics = Arc::new(metrics::Metrics::default());
         metrics.locations.set(settings.locations.len() as i64);
+        metrics.know_locations(&settings.locations);
         log_channels(&settings);
         let intake = accept::Intake {
             publisher: publisher.clone(),

@@ -14,6 +14,8 @@ use std::time::Instant;
 pub const NO_LOCATION: &str = "none";
 /// `location` label of a path that names no configured location.
 pub const UNKNOWN_LOCATION: &str = "unknown";
+/// The `channel` label's values: Dojo's three ways of delivering an event.
+const CHANNELS: [&str; 3] = ["rest", "webhook", "ws"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -119,6 +121,23 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Gives every location's wrong-account series (one per channel) and both reload
+    /// results a value of 0 before anything happens: a counter that first appears at 1
+    /// has no increase for Prometheus' `increase()` to see, so the first wrong-account
+    /// delivery or refused file would not alert (`deploy/prometheus/alerts.yml`).
+    /// Called at start and after every applied reload; existing series keep their count.
+    pub fn know_locations(&self, locations: &common::locations::Locations) {
+        for location in locations.iter() {
+            for channel in CHANNELS {
+                self.wrong_account
+                    .with_label_values(&[&location.id, channel]);
+            }
+        }
+        for result in ["applied", "refused"] {
+            self.locations_reloads.with_label_values(&[result]);
+        }
+    }
+
     /// Counts one answered delivery.
     pub fn answered(&self, channel: &str, answer: &str, location: &str, started: Instant) {
         self.received
@@ -135,7 +154,7 @@ impl Metrics {
             let _ = vec.remove_label_values(&[location]);
         }
         let _ = self.websocket_reconnects.remove_label_values(&[location]);
-        for channel in ["rest", "webhook", "ws"] {
+        for channel in CHANNELS {
             let _ = self.wrong_account.remove_label_values(&[location, channel]);
         }
     }

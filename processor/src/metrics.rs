@@ -37,8 +37,8 @@ pub struct Metrics {
     pub repairs: IntCounterVec,
     /// Time of one sweep of one location, by kind (window, overdue).
     pub sweep_duration: HistogramVec,
-    /// End of the window of the last completed sweep, per location (Unix seconds):
-    /// `time() - this` is the sweep lag.
+    /// End of the window of the last completed sweep, per location with an API key
+    /// (Unix seconds; 0 until one completes): `time() - this` is the sweep lag.
     pub sweep_last_success: IntGaugeVec,
     /// Open payment-feed streams.
     pub feed_clients: IntGauge,
@@ -137,7 +137,7 @@ impl Default for Metrics {
             sweep_last_success: gauge_vec(
                 &registry,
                 "dojo_processor_sweep_last_success_timestamp_seconds",
-                "End of the window of the location's last completed sweep",
+                "End of the window of the location's last completed sweep (0: none yet)",
                 &["location"],
             ),
             feed_clients: gauge(

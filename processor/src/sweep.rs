@@ -266,6 +266,16 @@ pub async fn run_periodic(worker: Arc<Worker>, mut stop: watch::Receiver<bool>) 
     };
     let mut next = tokio::time::Instant::now() + interval.min(Duration::from_secs(60));
     loop {
+        // A location with a key and no completed sweep yet shows 0 ("never"), so that
+        // `DojoSweepLagging` also fires for a location whose sweeps never succeed.
+        for location in worker.locations.current().iter() {
+            if location.api_key().is_some() {
+                worker
+                    .metrics
+                    .sweep_last_success
+                    .with_label_values(&[&location.id]);
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             _ = stop.changed() => return,

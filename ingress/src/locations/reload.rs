@@ -25,6 +25,7 @@ pub async fn watch_file(
 ) {
     // Ingress has no check of its own beyond the file's validation.
     let check = |_: &common::locations::Locations| Ok(());
+    let served = directory.clone();
     directory::watch_file(
         path,
         poll,
@@ -37,6 +38,7 @@ pub async fn watch_file(
                 for id in &reloaded.removed {
                     metrics.forget_location(id);
                 }
+                metrics.know_locations(&served.current());
                 metrics
                     .locations_reloads
                     .with_label_values(&["applied"])
