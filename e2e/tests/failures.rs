@@ -480,3 +480,83 @@ async fn a_new_database_does_not_trust_redis_markers_written_for_another() {
     second.running.stop().await;
     ingress.stop().await;
 }
+
+/// GET `url`: its status and body, or `None` while nothing answers.
+async fn status_and_body(client: &reqwest::Client, url: &str) -> Option<(u16, String)> {
+    let response = client.get(url).send().await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// A processor started before PostgreSQL can be reached waits for it, alive and not
+/// ready: `/healthz` answers 200 meanwhile, so a liveness probe does not restart a process
+/// that is only waiting (docs/OPERATIONS.md, DojoProcessorNotConsuming), `/readyz` and
+/// every other route 503; once the database answers it serves and consumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_waiting_for_postgresql_is_alive_and_not_ready_then_serves() {
+    let services = Services::new().await.unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    // Nothing listens at `db` yet: the database server is unreachable.
+    let (http, db) = (free(), free());
+    let (addr, url) = (
+        http.to_string(),
+        format!("postgres://postgres@{db}/{}", services.db.name),
+    );
+    let overrides = [
+        ("PROCESSOR_ADDR", addr.as_str()),
+        ("DATABASE_URL", url.as_str()),
+    ];
+    let starting = processor_serving(&services, &overrides);
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{http}{path}");
+    let probing = async {
+        wait_until("/healthz answering while waiting", PATIENCE, || async {
+            status_and_body(&client, &url("/healthz"))
+                .await
+                .filter(|(status, _)| *status == 200)
+        })
+        .await;
+        // Still waiting: the server that answers does not reach the database.
+        let (status, body) = status_and_body(&client, &url("/readyz")).await.unwrap();
+        assert_eq!(status, 503);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({"consuming": false, "database": false})
+        );
+        let (status, body) = status_and_body(&client, &url("/v1/payment-intents/pi_1"))
+            .await
+            .unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("waiting for its database"), "{body}");
+
+        // PostgreSQL appears at that address (a forwarder to the real server).
+        let listener = tokio::net::TcpListener::bind(db).await.unwrap();
+        let forwarder = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut server).await;
+                    }
+                });
+            }
+        });
+        forwarder.abort_handle()
+    };
+    let (processor, forwarder) =
+        tokio::time::timeout(PATIENCE * 2, futures::future::join(starting, probing))
+            .await
+            .expect("the processor starts once the database answers");
+    wait_until("/readyz 200 once consuming", PATIENCE, || async {
+        status_and_body(&client, &url("/readyz"))
+            .await
+            .filter(|(status, _)| *status == 200)
+    })
+    .await;
+    processor.running.stop().await;
+    forwarder.abort();
+}

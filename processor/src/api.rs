@@ -102,6 +102,42 @@ async fn healthz() -> HttpResponse {
     json_line(HttpResponse::Ok(), &Health { status: "ok" })
 }
 
+/// What the processor serves while it waits for PostgreSQL at start (however long that
+/// takes): `/healthz` 200, so that a liveness probe does not restart a process that is
+/// only waiting; `/readyz` and `/readyz/serving` 503 `{"consuming":false,"database":false}`;
+/// anything else 503 EPOSError `UnexpectedError`. Stopped, and the listener handed to the
+/// real server, once the database answers ([`crate::Application::build`]).
+///
+/// # Errors
+/// When the listener cannot be served (as [`HttpServer::listen`]).
+pub fn waiting(listener: std::net::TcpListener) -> std::io::Result<actix_web::dev::Server> {
+    async fn starting() -> HttpResponse {
+        let body = Readiness {
+            consuming: false,
+            database: false,
+        };
+        json_line(HttpResponse::ServiceUnavailable(), &body)
+    }
+    async fn unavailable() -> HttpResponse {
+        error(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            ErrorType::UnexpectedError,
+            "the processor is starting: waiting for its database",
+        )
+    }
+    Ok(actix_web::HttpServer::new(|| {
+        actix_web::App::new()
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(starting))
+            .route("/readyz/serving", web::get().to(starting))
+            .default_service(web::to(unavailable))
+    })
+    .disable_signals()
+    .workers(1)
+    .listen(listener)?
+    .run())
+}
+
 #[utoipa::path(
     get,
     path = "/openapi.json",

@@ -122,13 +122,21 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to PostgreSQL (creating the database and applying migrations) and binds
-    /// the HTTP listener. Consuming starts in [`Application::run_until_stopped`].
+    /// Binds the HTTP listener, connects to PostgreSQL (waiting for it as long as it
+    /// takes, creating the database and applying migrations; meanwhile the listener
+    /// answers as [`api::waiting`] says), then serves. Consuming starts in
+    /// [`Application::run_until_stopped`].
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(&settings.addr)
             .with_context(|| format!("cannot listen on {}", settings.addr))?;
         let addr = listener.local_addr()?;
-        let worker = Arc::new(Worker::connect(settings).await?);
+        let waiting = api::waiting(listener.try_clone()?)?;
+        let stop_waiting = waiting.handle();
+        let waiting = tokio::spawn(waiting);
+        let worker = Worker::connect(settings).await;
+        stop_waiting.stop(false).await;
+        let _ = waiting.await;
+        let worker = Arc::new(worker?);
         let data = web::Data::new(worker.clone());
         let server = HttpServer::new(move || {
             App::new()
