@@ -58,10 +58,37 @@ pub struct Settings {
     pub console: crate::console::settings::ConsoleSettings,
 }
 
+const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 /// `PROCESSOR_ADDR`: the HTTP listen address (health, metrics, read API, feed,
 /// console), `host:port` (default `0.0.0.0:8081`). Read alone by `processor healthcheck`.
 pub fn listen_addr(src: &dyn Source) -> String {
     or_default(src, "PROCESSOR_ADDR", "0.0.0.0:8081")
+}
+
+/// `REDIS_URL`: a URL this Redis client can use (`redis://`, or `unix://` for a socket).
+/// The client is built without TLS and without Sentinel, so `rediss://` and
+/// `redis+sentinel://` are refused here, at start, instead of silently running without
+/// Redis.
+fn redis_url(src: &dyn Source) -> Result<String, ConfigError> {
+    let url = or_default(src, "REDIS_URL", "redis://127.0.0.1:6379");
+    redis::Client::open(url.as_str()).map_err(|e| {
+        ConfigError(format!(
+            "REDIS_URL is not a Redis URL this processor can use (redis:// or unix://, no TLS or Sentinel): {e}"
+        ))
+    })?;
+    Ok(url)
+}
+
+/// `AMQP_URL` alone, checked as [`Settings`] checks it (`processor dlq` needs only the
+/// broker).
+///
+/// # Errors
+/// A URL that is not an AMQP URL list.
+pub fn amqp_url(src: &dyn Source) -> Result<String, ConfigError> {
+    let url = or_default(src, "AMQP_URL", DEFAULT_AMQP_URL);
+    common::amqp::Brokers::parse(&url)?;
+    Ok(url)
 }
 
 impl Settings {
@@ -96,8 +123,7 @@ impl Settings {
                 return Err(ConfigError(format!("{name} must be at least 1")));
             }
         }
-        let amqp_url = or_default(src, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
-        common::amqp::Brokers::parse(&amqp_url)?;
+        let amqp_url = amqp_url(src)?;
         let database_url = or_default(
             src,
             "DATABASE_URL",
@@ -114,7 +140,7 @@ impl Settings {
         Ok(Self {
             addr: listen_addr(src),
             amqp_url,
-            redis_url: or_default(src, "REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_url: redis_url(src)?,
             database_url,
             api_token,
             redis_prefix: or_default(src, "REDIS_KEY_PREFIX", "dojo:"),
@@ -181,6 +207,22 @@ mod tests {
             "postgres://postgres@127.0.0.1:5432/dojo_events"
         );
         assert!(s.api_token.is_none());
+    }
+
+    #[test]
+    fn a_redis_url_the_client_cannot_use_is_refused_at_start() {
+        let env = |url: &str| HashMap::from([("REDIS_URL".to_owned(), url.to_owned())]);
+        for bad in ["rediss://:hunter2@cache:6380", "http://cache", "not a url"] {
+            let Err(e) = Settings::from_source(&env(bad)) else {
+                panic!("{bad} accepted");
+            };
+            let e = e.to_string();
+            assert!(e.contains("REDIS_URL"), "{bad}: {e}");
+            assert!(!e.contains("hunter2"), "no password in the reason: {e}");
+        }
+        for good in ["redis://cache:6379/2", "redis://:secret@cache:6379"] {
+            assert_eq!(Settings::from_source(&env(good)).unwrap().redis_url, good);
+        }
     }
 
     #[test]
