@@ -65,6 +65,7 @@ async fn dead_letters_are(amqp: &str, ids: &[&str]) {
         let mut got: Vec<String> = processor::dlq::list(amqp)
             .await
             .ok()?
+            .letters
             .into_iter()
             .filter_map(|d| d.event_id)
             .collect();
@@ -330,7 +331,7 @@ async fn support_staff_find_a_payment_replay_a_repaired_dead_letter_and_viewers_
         .unwrap();
     assert_eq!(viewer.status().as_u16(), 403);
     assert_eq!(
-        processor::dlq::list(&amqp).await.unwrap().len(),
+        processor::dlq::list(&amqp).await.unwrap().letters.len(),
         1,
         "still dead"
     );
@@ -363,7 +364,11 @@ async fn support_staff_find_a_payment_replay_a_repaired_dead_letter_and_viewers_
         .await
         .unwrap();
     wait_text(&client, "#payment-status", "Created", true).await;
-    assert!(processor::dlq::list(&amqp).await.unwrap().is_empty());
+    assert!(processor::dlq::list(&amqp)
+        .await
+        .unwrap()
+        .letters
+        .is_empty());
 
     // Bulk replay: two more poisoned, repaired, then "Replay all" says how many and asks.
     sqlx::query(
@@ -415,6 +420,7 @@ async fn support_staff_find_a_payment_replay_a_repaired_dead_letter_and_viewers_
     let left: Vec<Option<String>> = processor::dlq::list(&amqp)
         .await
         .unwrap()
+        .letters
         .into_iter()
         .map(|d| d.event_id)
         .collect();

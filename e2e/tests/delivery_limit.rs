@@ -10,7 +10,7 @@ use e2e::isolation::Services;
 use e2e::wait_until;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::BasicProperties;
-use processor::dlq::{list, replay, Selection};
+use processor::dlq::{discard, list, replay, Selection};
 use simulator::event::Event;
 use std::process::Command;
 use support::*;
@@ -95,7 +95,7 @@ async fn a_dead_letter_listed_100_times_under_a_delivery_limit_of_20_is_still_th
     .await;
 
     for round in 0..100 {
-        let listed = list(&url).await.unwrap();
+        let listed = list(&url).await.unwrap().letters;
         let mut ids: Vec<_> = listed.iter().filter_map(|d| d.event_id.clone()).collect();
         ids.sort();
         assert_eq!(ids, ["evt_parked", "garbage"], "round {round}");
@@ -105,15 +105,23 @@ async fn a_dead_letter_listed_100_times_under_a_delivery_limit_of_20_is_still_th
     let replayed = replay(&url, &Selection::EventId("evt_parked".into()))
         .await
         .unwrap();
-    assert_eq!(replayed, 1);
+    assert_eq!(replayed.chosen, 1);
     let pool = services.db.pool().await.unwrap();
     let record = wait_until("the replayed event applied", PATIENCE, || {
         intent(&pool, "pi_parked")
     })
     .await;
     assert_eq!(record.status, "Created");
-    let left = list(&url).await.unwrap();
+    let left = list(&url).await.unwrap().letters;
     assert_eq!(left.len(), 1);
     assert!(left[0].reason.contains("not JSON"), "{:?}", left[0]);
+
+    // What no processor will ever take is discarded after inspection, and only it.
+    let garbage = Selection::EventId("garbage".into());
+    assert_eq!(discard(&url, &garbage).await.unwrap().chosen, 1);
+    assert_eq!(discard(&url, &garbage).await.unwrap().chosen, 0, "gone");
+    assert_eq!(services.vhost.ready_messages(DEAD_QUEUE).await.unwrap(), 0);
+    let record = intent(&pool, "pi_parked").await.unwrap();
+    assert_eq!(record.status, "Created", "the replayed event stays applied");
     processor.running.stop().await;
 }

@@ -270,7 +270,7 @@ async fn such_a_body_dead_lettered_by_an_older_version_is_replayed_and_stored() 
     )
     .await
     .unwrap();
-    assert_eq!(replayed, 1);
+    assert_eq!(replayed.chosen, 1);
     let pool = services.db.pool().await.unwrap();
     let record = wait_until("pi_odd_0 stored", PATIENCE, || intent(&pool, "pi_odd_0")).await;
     assert_eq!(record.status, "Created");

@@ -1,8 +1,10 @@
-//! `processor dlq list|replay`: what is parked in `dojo.events.dead`, and sending it back.
+//! `processor dlq list|replay|discard`: what is parked in `dojo.events.dead`, sending it
+//! back, and dropping what an operator has inspected and given up on.
 //!
-//! Both walk the queue from its head with `basic.get`, one message at a time, at most
-//! as many as it held when the command started. A message that stays (every one for
-//! `list`, the unchosen ones for `replay`) is put back at the tail as a fresh copy,
+//! Each walks the queue from its head with `basic.get`, one message at a time, at most
+//! as many as it held when the command started and at most [`MAX_BATCH`] (the rest wait
+//! for the next pass). A message that stays (every one for `list`, the unchosen ones for
+//! `replay` and `discard`) is put back at the tail as a fresh copy,
 //! confirmed, and only then is the original acked: after a full pass the queue holds
 //! the same messages in the same order. It is never handed back with a requeue (nack,
 //! or a channel closed with it unacked): on a quorum queue that counts as a delivery,
@@ -12,6 +14,9 @@
 //! chosen message back to the `dojo.events` exchange with confirms and acks its dead copy
 //! only then, so a message is never lost and each dead copy is replayed once.
 //! Replaying an event the processor already applied is harmless: it is deduplicated.
+//! Two passes at once (two operators, or the console and the CLI) lose nothing, but each
+//! may see a message the other put back twice and miss one the other holds, and the
+//! order changes.
 
 use crate::retry::{attempts, ATTEMPT_HEADER, FIRST_FAILURE_HEADER, LAST_ERROR_HEADER};
 use anyhow::Context;
@@ -25,8 +30,33 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
 use serde::Serialize;
 
-/// Most messages one command looks at.
-const MAX_BATCH: u32 = 10_000;
+/// Most messages one pass looks at; a queue holding more needs more passes.
+pub const MAX_BATCH: u32 = 10_000;
+
+/// What one pass over the dead-letter queue found.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// Messages the queue held when the pass started (all of them, even past [`MAX_BATCH`]).
+    pub held: u32,
+    /// Those looked at, oldest first: at most [`MAX_BATCH`].
+    pub letters: Vec<DeadLetter>,
+}
+
+/// What one pass of `replay` or `discard` did.
+#[derive(Debug, Clone, Copy)]
+pub struct Pass {
+    /// Messages the queue held when the pass started.
+    pub held: u32,
+    /// The chosen dead letters replayed or discarded.
+    pub chosen: u64,
+}
+
+impl Pass {
+    /// The queue held more than one pass looks at: run it again for the rest.
+    pub fn partial(&self) -> bool {
+        self.held > MAX_BATCH
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -61,15 +91,46 @@ fn header_text(headers: &FieldTable, name: &str) -> Option<String> {
     }
 }
 
-/// The reason RabbitMQ itself gives (`x-death`), for messages it dead-lettered.
-fn broker_reason(headers: &FieldTable) -> Option<String> {
+/// RabbitMQ's own record (`x-death`, its first entry: the latest death) of a message it
+/// dead-lettered (a delivery limit passed); `None` for those the processor parked.
+fn broker_death(headers: &FieldTable) -> Option<&FieldTable> {
     let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
         return None;
     };
-    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else {
-        return None;
-    };
-    header_text(first, "reason").map(|r| format!("dead-lettered by RabbitMQ: {r}"))
+    match deaths.as_slice().first()? {
+        AMQPValue::FieldTable(death) => Some(death),
+        _ => None,
+    }
+}
+
+/// The reason RabbitMQ gives, for messages it dead-lettered.
+fn broker_reason(headers: &FieldTable) -> Option<String> {
+    header_text(broker_death(headers)?, "reason").map(|r| format!("dead-lettered by RabbitMQ: {r}"))
+}
+
+/// When RabbitMQ dead-lettered it (RFC 3339).
+fn broker_time(headers: &FieldTable) -> Option<String> {
+    match broker_death(headers)?.inner().get("time")? {
+        AMQPValue::Timestamp(secs) => chrono::DateTime::from_timestamp(*secs as i64, 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        _ => None,
+    }
+}
+
+/// The routing key the message was first published with: the processor's
+/// `x-original-routing-key`, or the first of RabbitMQ's `x-death` `routing-keys`.
+fn original_routing_key(headers: &FieldTable) -> Option<String> {
+    header_text(headers, "x-original-routing-key").or_else(|| {
+        let AMQPValue::FieldArray(keys) = broker_death(headers)?.inner().get("routing-keys")?
+        else {
+            return None;
+        };
+        match keys.as_slice().first()? {
+            AMQPValue::LongString(k) => Some(String::from_utf8_lossy(k.as_bytes()).into_owned()),
+            AMQPValue::ShortString(k) => Some(k.to_string()),
+            _ => None,
+        }
+    })
 }
 
 fn describe(delivery: &Delivery) -> DeadLetter {
@@ -86,12 +147,13 @@ fn describe(delivery: &Delivery) -> DeadLetter {
             .unwrap_or_else(|| "unknown".into()),
         attempts: attempts(Some(&headers)),
         first_failure: header_text(&headers, FIRST_FAILURE_HEADER),
-        dead_at: header_text(&headers, DEAD_AT_HEADER),
+        dead_at: header_text(&headers, DEAD_AT_HEADER).or_else(|| broker_time(&headers)),
         payload: String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(64 * 1024)])
             .into_owned(),
     }
 }
 
+/// A confirm-mode channel on the dead-letter queue, and how many messages it holds.
 async fn open(amqp_url: &str) -> anyhow::Result<(Connection, Channel, u32)> {
     let props = ConnectionProperties::default().with_connection_name("processor dlq".into());
     let connection = common::amqp::Brokers::parse(amqp_url)?
@@ -114,7 +176,7 @@ async fn open(amqp_url: &str) -> anyhow::Result<(Connection, Channel, u32)> {
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    Ok((connection, channel, queue.message_count().min(MAX_BATCH)))
+    Ok((connection, channel, queue.message_count()))
 }
 
 /// Messages waiting in the processor's queue and in the dead-letter queue (passive
@@ -177,21 +239,28 @@ async fn publish_confirmed(
         )
         .await?
         .await?;
-    anyhow::ensure!(
-        matches!(confirm, Confirmation::Ack(None)),
-        "publish to {exchange:?}/{routing_key} not confirmed: {confirm:?}"
-    );
-    Ok(())
+    // The broker's answer in words: a returned message's body is not printed.
+    let refused = match confirm {
+        Confirmation::Ack(None) => return Ok(()),
+        Confirmation::Ack(Some(returned)) => format!(
+            "returned as unroutable ({} {})",
+            returned.reply_code, returned.reply_text
+        ),
+        Confirmation::Nack(_) => "refused (nack)".to_owned(),
+        Confirmation::NotRequested => "not confirmed".to_owned(),
+    };
+    anyhow::bail!("publish to {exchange:?} with routing key {routing_key:?} {refused}")
 }
 
-/// Takes up to `count` messages from the head of the dead-letter queue, one at a time,
+/// Takes up to `count` messages (at most [`MAX_BATCH`]) from the head of the dead-letter
+/// queue, one at a time,
 /// and settles each as `visit` decides, never by a requeue (see the module notes).
 async fn each(
     channel: &Channel,
     count: u32,
     mut visit: impl AsyncFnMut(&Delivery) -> anyhow::Result<After>,
 ) -> anyhow::Result<()> {
-    for _ in 0..count {
+    for _ in 0..count.min(MAX_BATCH) {
         let Some(got) = channel
             .basic_get(DEAD_QUEUE.into(), BasicGetOptions { no_ack: false })
             .await?
@@ -215,46 +284,61 @@ async fn each(
     Ok(())
 }
 
-/// Every dead letter (up to 10,000), oldest first. Nothing is removed.
-pub async fn list(amqp_url: &str) -> anyhow::Result<Vec<DeadLetter>> {
-    let (connection, channel, count) = open(amqp_url).await?;
-    let mut found = Vec::new();
-    each(&channel, count, async |d: &Delivery| {
-        found.push(describe(d));
+/// Every dead letter (up to [`MAX_BATCH`]), oldest first. Nothing is removed.
+pub async fn list(amqp_url: &str) -> anyhow::Result<Listing> {
+    let (connection, channel, held) = open(amqp_url).await?;
+    let mut letters = Vec::new();
+    each(&channel, held, async |d: &Delivery| {
+        letters.push(describe(d));
         Ok(After::Keep)
     })
     .await?;
     let _ = channel.close(200, "listed".into()).await;
     let _ = connection.close(200, "listed".into()).await;
-    Ok(found)
+    Ok(Listing { held, letters })
+}
+
+impl Selection {
+    fn chooses(&self, d: &Delivery) -> bool {
+        let id = d.properties.message_id().as_ref().map(|m| m.as_str());
+        match self {
+            Selection::All => true,
+            Selection::EventIds(ids) => id.is_some_and(|m| ids.contains(m)),
+            Selection::EventId(wanted) => id == Some(wanted.as_str()),
+        }
+    }
+}
+
+/// Removes the selected dead letters without sending them anywhere (an operator gave up
+/// on them after inspection: docs/OPERATIONS.md, DojoDeadLetters); the others stay, as
+/// after a listing.
+pub async fn discard(amqp_url: &str, selection: &Selection) -> anyhow::Result<Pass> {
+    let (connection, channel, held) = open(amqp_url).await?;
+    let mut chosen = 0u64;
+    each(&channel, held, async |d: &Delivery| {
+        if !selection.chooses(d) {
+            return Ok(After::Keep);
+        }
+        chosen += 1;
+        Ok(After::Remove)
+    })
+    .await?;
+    let _ = channel.close(200, "discarded".into()).await;
+    let _ = connection.close(200, "discarded".into()).await;
+    Ok(Pass { held, chosen })
 }
 
 /// Publishes the selected dead letters back to the exchange (headers of the failure
-/// removed, original routing key restored) and removes each once confirmed. Returns how
-/// many were replayed.
-pub async fn replay(amqp_url: &str, selection: &Selection) -> anyhow::Result<u64> {
-    let (connection, channel, count) = open(amqp_url).await?;
+/// removed, original routing key restored) and removes each once confirmed.
+pub async fn replay(amqp_url: &str, selection: &Selection) -> anyhow::Result<Pass> {
+    let (connection, channel, held) = open(amqp_url).await?;
     let mut replayed = 0u64;
-    each(&channel, count, async |d: &Delivery| {
-        let chosen = match selection {
-            Selection::All => true,
-            Selection::EventIds(ids) => d
-                .properties
-                .message_id()
-                .as_ref()
-                .is_some_and(|m| ids.contains(m.as_str())),
-            Selection::EventId(id) => d
-                .properties
-                .message_id()
-                .as_ref()
-                .is_some_and(|m| m.as_str() == id),
-        };
-        if !chosen {
+    each(&channel, held, async |d: &Delivery| {
+        if !selection.chooses(d) {
             return Ok(After::Keep);
         }
         let headers = d.properties.headers().clone().unwrap_or_default();
-        let routing_key =
-            header_text(&headers, "x-original-routing-key").unwrap_or_else(|| "other".into());
+        let routing_key = original_routing_key(&headers).unwrap_or_else(|| "other".into());
         let mut clean = FieldTable::default();
         for (name, value) in headers.inner() {
             let failure = [
@@ -281,5 +365,68 @@ pub async fn replay(amqp_url: &str, selection: &Selection) -> anyhow::Result<u64
     .await?;
     let _ = channel.close(200, "replayed".into()).await;
     let _ = connection.close(200, "replayed".into()).await;
-    Ok(replayed)
+    Ok(Pass {
+        held,
+        chosen: replayed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{FieldArray, ShortString};
+
+    /// Headers as RabbitMQ writes them on a message it dead-lettered (a delivery limit
+    /// passed): `x-death`, newest first, with the routing keys it was published with.
+    fn broker_dead_lettered(at: u64) -> FieldTable {
+        let mut death = FieldTable::default();
+        death.insert(
+            ShortString::from("reason"),
+            AMQPValue::LongString("delivery_limit".into()),
+        );
+        death.insert(ShortString::from("time"), AMQPValue::Timestamp(at));
+        death.insert(
+            ShortString::from("routing-keys"),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongString(
+                "payment_intent.created".into(),
+            )])),
+        );
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from("x-death"),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
+        );
+        headers
+    }
+
+    #[test]
+    fn a_message_rabbitmq_dead_lettered_keeps_its_reason_time_and_routing_key() {
+        let headers = broker_dead_lettered(1_764_770_400);
+        assert_eq!(
+            broker_reason(&headers).as_deref(),
+            Some("dead-lettered by RabbitMQ: delivery_limit")
+        );
+        assert_eq!(
+            broker_time(&headers).as_deref(),
+            Some("2025-12-03T14:00:00Z")
+        );
+        assert_eq!(
+            original_routing_key(&headers).as_deref(),
+            Some("payment_intent.created")
+        );
+    }
+
+    #[test]
+    fn the_processors_own_routing_key_header_comes_first() {
+        let mut headers = broker_dead_lettered(0);
+        headers.insert(
+            ShortString::from("x-original-routing-key"),
+            AMQPValue::LongString("payment_intent.status_updated".into()),
+        );
+        assert_eq!(
+            original_routing_key(&headers).as_deref(),
+            Some("payment_intent.status_updated")
+        );
+        assert_eq!(original_routing_key(&FieldTable::default()), None);
+    }
 }

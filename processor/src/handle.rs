@@ -29,8 +29,15 @@ pub fn traceparent(headers: Option<&FieldTable>) -> Option<String> {
 /// The envelope and its event, or why the message can never be processed.
 pub fn parse(body: &[u8]) -> Result<(Envelope<'_>, DojoEvent), String> {
     let envelope = Envelope::parse(body).map_err(|e| e.to_string())?;
-    let event = DojoEvent::from_json(envelope.event.get().as_bytes())
-        .map_err(|e| format!("invalid event: {e}"))?;
+    let event = DojoEvent::from_json(envelope.event.get().as_bytes()).map_err(|e| {
+        // Some of its messages say "invalid event: ..." already.
+        let e = e.to_string();
+        if e.starts_with("invalid event:") {
+            e
+        } else {
+            format!("invalid event: {e}")
+        }
+    })?;
     Ok((envelope, event))
 }
 

@@ -62,8 +62,16 @@ enum Dlq {
         #[arg(long)]
         all: bool,
         /// Only the dead letters of this event id.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         event_id: Option<String>,
+    },
+    /// Remove an event's dead letters without replaying them (after inspection: data no
+    /// processor will ever take). To empty the whole queue, `rabbitmqctl purge_queue
+    /// dojo.events.dead`.
+    Discard {
+        /// The dead letters of this event id.
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        event_id: String,
     },
 }
 
@@ -94,31 +102,40 @@ async fn main() {
 }
 
 async fn dead_letters(action: Dlq) {
-    let amqp_url = Settings::from_env().unwrap_or_else(|e| fail(2, e)).amqp_url;
+    // Only the broker's address: the rest of the processor's settings need not be valid.
+    let amqp_url =
+        processor::settings::amqp_url(&common::settings::Env).unwrap_or_else(|e| fail(2, e));
+    let queue = common::topology::DEAD_QUEUE;
+    let more_than_a_pass = |held: u32| {
+        format!(
+            "{queue} holds {held} messages and one pass looks at the oldest {}: run it again for the rest",
+            dlq::MAX_BATCH
+        )
+    };
     match action {
         Dlq::List { json } => {
-            let letters = dlq::list(&amqp_url)
+            let listing = dlq::list(&amqp_url)
                 .await
                 .unwrap_or_else(|e| fail(1, common::error_chain(e.as_ref())));
+            let letters = listing.letters;
             if json {
-                let doc = serde_json::json!({"count": letters.len(), "messages": letters});
+                let doc = serde_json::json!({"count": letters.len(), "held": listing.held, "messages": letters});
                 println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
                 return;
             }
-            println!(
-                "{} dead letter(s) in {}",
-                letters.len(),
-                common::topology::DEAD_QUEUE
-            );
+            println!("{} dead letter(s) in {queue}", listing.held);
+            if listing.held > dlq::MAX_BATCH {
+                println!("(the oldest {} below)", letters.len());
+            }
             if !letters.is_empty() {
                 println!(
-                    "{:<36} {:>8}  {:<32} REASON",
+                    "{:<36} {:>8}  {:<35} REASON",
                     "EVENT ID", "RETRIES", "FIRST FAILURE"
                 );
             }
             for l in letters {
                 println!(
-                    "{:<36} {:>8}  {:<32} {}",
+                    "{:<36} {:>8}  {:<35} {}",
                     l.event_id.as_deref().unwrap_or("-"),
                     l.attempts,
                     l.first_failure.as_deref().unwrap_or("-"),
@@ -127,14 +144,39 @@ async fn dead_letters(action: Dlq) {
             }
         }
         Dlq::Replay { event_id, .. } => {
-            let selection = event_id.map(Selection::EventId).unwrap_or(Selection::All);
-            let n = dlq::replay(&amqp_url, &selection)
+            let selection = event_id
+                .clone()
+                .map(Selection::EventId)
+                .unwrap_or(Selection::All);
+            let pass = dlq::replay(&amqp_url, &selection)
                 .await
                 .unwrap_or_else(|e| fail(1, common::error_chain(e.as_ref())));
+            if let (Some(id), 0) = (&event_id, pass.chosen) {
+                fail(1, format!("no dead letter of event {id} in {queue}"));
+            }
             println!(
-                "replayed {n} dead letter(s) to {}",
+                "replayed {} dead letter(s) to {}",
+                pass.chosen,
                 common::topology::EXCHANGE
             );
+            if pass.partial() {
+                println!("{}", more_than_a_pass(pass.held));
+            }
+        }
+        Dlq::Discard { event_id } => {
+            let pass = dlq::discard(&amqp_url, &Selection::EventId(event_id.clone()))
+                .await
+                .unwrap_or_else(|e| fail(1, common::error_chain(e.as_ref())));
+            if pass.chosen == 0 {
+                fail(1, format!("no dead letter of event {event_id} in {queue}"));
+            }
+            println!(
+                "discarded {} dead letter(s) of event {event_id}",
+                pass.chosen
+            );
+            if pass.partial() {
+                println!("{}", more_than_a_pass(pass.held));
+            }
         }
     }
 }

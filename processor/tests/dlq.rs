@@ -85,6 +85,7 @@ async fn dead_letters_are_listed_and_a_repaired_one_is_replayed_exactly_once() {
     let json: serde_json::Value =
         serde_json::from_str(&stdout(&run(&services, &["dlq", "list", "--json"]).await)).unwrap();
     assert_eq!(json["count"], 2);
+    assert_eq!(json["held"], 2);
     assert!(json["messages"]
         .as_array()
         .unwrap()
@@ -119,11 +120,26 @@ async fn dead_letters_are_listed_and_a_repaired_one_is_replayed_exactly_once() {
         (n == 1).then_some(())
     })
     .await;
-    // Again: nothing left to replay for it; the garbage stays parked.
-    let again = stdout(&run(&services, &["dlq", "replay", "--event-id", "evt_evil"]).await);
-    assert!(again.starts_with("replayed 0 dead letter(s)"), "{again}");
+    // Again: nothing left to replay for it, which it says (exit 1, not a silent 0: an
+    // operator's typo must not look like success); the garbage stays parked.
+    let again = run(&services, &["dlq", "replay", "--event-id", "evt_evil"]).await;
+    assert_eq!(again.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        said.contains("no dead letter of event evt_evil in dojo.events.dead"),
+        "{said}"
+    );
     let listed = stdout(&run(&services, &["dlq", "list"]).await);
     assert!(listed.starts_with("1 dead letter(s)"), "{listed}");
+
+    // Garbage no processor will ever take is discarded after inspection.
+    let discarded = stdout(&run(&services, &["dlq", "discard", "--event-id", "garbage"]).await);
+    assert!(
+        discarded.starts_with("discarded 1 dead letter(s) of event garbage"),
+        "{discarded}"
+    );
+    let listed = stdout(&run(&services, &["dlq", "list"]).await);
+    assert!(listed.starts_with("0 dead letter(s)"), "{listed}");
 
     assert!(terminate(processor).success());
     let status: String = sqlx::query_scalar(

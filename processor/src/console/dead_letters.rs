@@ -19,6 +19,8 @@ use std::sync::Arc;
 struct DeadLettersPage {
     frame: Frame,
     letters: Vec<DeadLetter>,
+    /// What the queue held: more than `letters` past `dlq::MAX_BATCH`.
+    held: usize,
     error: String,
     done: String,
 }
@@ -45,10 +47,13 @@ pub async fn page(
     worker: web::Data<Arc<Worker>>,
     done: web::Query<Done>,
 ) -> HttpResponse {
-    let (letters, error) = match dlq::list(&worker.settings.amqp_url).await {
+    let (dlq::Listing { held, letters }, error) = match dlq::list(&worker.settings.amqp_url).await {
         Ok(l) => (l, String::new()),
         Err(e) => (
-            Vec::new(),
+            dlq::Listing {
+                held: 0,
+                letters: Vec::new(),
+            },
             format!("Cannot read the dead letters ({e:#}); is RabbitMQ up?"),
         ),
     };
@@ -66,6 +71,7 @@ pub async fn page(
         &DeadLettersPage {
             frame: Frame::new(&staff, "dead-letters"),
             letters,
+            held: held as usize,
             error,
             done,
         },
@@ -102,7 +108,8 @@ async fn replay(
         );
     }
     match dlq::replay(&worker.settings.amqp_url, &selection).await {
-        Ok(n) => {
+        Ok(pass) => {
+            let n = pass.chosen;
             let _ = audit::by(
                 &worker.pool,
                 staff,
@@ -169,7 +176,7 @@ pub async fn confirm_all(
 ) -> Result<HttpResponse, super::auth::Refused> {
     staff.operator()?;
     Ok(match dlq::list(&worker.settings.amqp_url).await {
-        Ok(letters) => {
+        Ok(dlq::Listing { letters, .. }) => {
             let ids: std::collections::BTreeSet<String> =
                 letters.iter().filter_map(|d| d.event_id.clone()).collect();
             let with_id = letters.iter().filter(|d| d.event_id.is_some()).count();
