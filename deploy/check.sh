@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Static checks of every deploy artefact, without a Docker engine or a cluster:
 # the compose file (docker-compose config), the Dockerfile (hadolint), the Kubernetes
-# manifests (yamllint, and the built-in kinds against the Kubernetes schemas), and
-# that every image named in the compose file is one that exists upstream.
+# manifests (yamllint, and the built-in kinds against the Kubernetes schemas), the alert
+# rules (promtool: syntax, and alerts.test.yml's unit tests that each rule fires on its
+# first incident), that every runbook link names a heading of docs/OPERATIONS.md, and
+# that every image the compose file names comes from an allowed upstream repository (by
+# name; tags are not looked up). That each alert's series are really exposed is the
+# e2e test alert_rules.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +31,18 @@ echo "deploy: yamllint"
 echo "deploy: kubernetes-validate (built-in kinds, strict)"
 builtin=$(grep -L 'kind: RabbitmqCluster\|kind: Kustomization' deploy/kubernetes/*.yaml)
 "$tools/bin/kubernetes-validate" --strict --quiet $builtin
+
+echo "deploy: promtool check rules, test rules"
+# promtool from Debian's prometheus package, unpacked (not installed: no service).
+if [ ! -x "$tools/promtool" ]; then
+  deb=$(mktemp -d)
+  (cd "$deb" && { apt-get download -qq prometheus 2>/dev/null \
+    || { apt-get update -qq && apt-get download -qq prometheus 2>/dev/null; }; } \
+    && dpkg-deb -x prometheus_*.deb x && cp x/usr/bin/promtool "$tools/promtool")
+  rm -rf "$deb"
+fi
+"$tools/promtool" check rules deploy/prometheus/alerts.yml
+(cd deploy/prometheus && "$tools/promtool" test rules alerts.test.yml)
 
 echo "deploy: custom resources and images"
 "$tools/bin/python" - <<'PY'
@@ -66,8 +82,10 @@ for group in rules["groups"]:
         if "severity" not in rule.get("labels", {}) or "runbook" not in rule.get("annotations", {}):
             errors.append(f"alert {rule.get('alert')} lacks a severity or a runbook")
         anchor = rule["annotations"]["runbook"].split("#")[-1]
-        if anchor not in open("docs/OPERATIONS.md").read().lower():
-            errors.append(f"alert {rule['alert']}: no runbook section in docs/OPERATIONS.md")
+        headings = {line.lstrip("#").strip().lower().replace(" ", "-")
+                    for line in open("docs/OPERATIONS.md") if line.startswith("#")}
+        if anchor not in headings:
+            errors.append(f"alert {rule['alert']}: no runbook heading #{anchor} in docs/OPERATIONS.md")
 prom = yaml.safe_load(open("deploy/prometheus/prometheus.yml"))
 if not prom.get("scrape_configs"):
     errors.append("prometheus.yml scrapes nothing")
