@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use processor::dlq::{self, Selection};
 use processor::settings::Settings;
 use processor::Application;
+use std::io::Write;
 
 #[derive(Parser)]
 #[command(
@@ -117,30 +118,38 @@ async fn dead_letters(action: Dlq) {
             let listing = dlq::list(&amqp_url)
                 .await
                 .unwrap_or_else(|e| fail(1, common::error_chain(e.as_ref())));
+            // Written whole, errors ignored: `processor dlq list | head` closing the pipe
+            // early is not a failure (println! would panic on it).
+            let mut out = std::io::stdout().lock();
             let letters = listing.letters;
             if json {
                 let doc = serde_json::json!({"count": letters.len(), "held": listing.held, "messages": letters});
-                println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
+                let _ = writeln!(out, "{}", serde_json::to_string_pretty(&doc).expect("JSON"));
                 return;
             }
-            println!("{} dead letter(s) in {queue}", listing.held);
+            let _ = writeln!(out, "{} dead letter(s) in {queue}", listing.held);
             if listing.held > dlq::MAX_BATCH {
-                println!("(the oldest {} below)", letters.len());
+                let _ = writeln!(out, "(the oldest {} below)", letters.len());
             }
             if !letters.is_empty() {
-                println!(
+                let _ = writeln!(
+                    out,
                     "{:<36} {:>8}  {:<35} REASON",
                     "EVENT ID", "RETRIES", "FIRST FAILURE"
                 );
             }
             for l in letters {
-                println!(
+                let line = writeln!(
+                    out,
                     "{:<36} {:>8}  {:<35} {}",
                     l.event_id.as_deref().unwrap_or("-"),
                     l.attempts,
                     l.first_failure.as_deref().unwrap_or("-"),
                     l.reason
                 );
+                if line.is_err() {
+                    return;
+                }
             }
         }
         Dlq::Replay { event_id, .. } => {
