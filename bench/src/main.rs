@@ -440,11 +440,22 @@ async fn end_to_end(
         size_sum / size_count.max(1.0),
         1000.0 * apply_sum / size_count.max(1.0)
     );
-    let lost = first_ack.len().saturating_sub(rows.len());
+    // By event id: each acknowledged event must have its row; the primary key allows
+    // one per event, and the count says so rather than assuming it.
+    let stored: std::collections::HashMap<&str, usize> =
+        rows.iter().fold(Default::default(), |mut n, (id, _)| {
+            *n.entry(id.as_str()).or_default() += 1;
+            n
+        });
+    let lost = first_ack
+        .keys()
+        .filter(|id| !stored.contains_key(id.as_str()))
+        .count();
+    let most_rows = stored.values().copied().max().unwrap_or(0);
     let (ingress_rss, processor_rss) = (ingress.peak_rss_mib(), processor.peak_rss_mib());
     println!(
         "end to end at {rate:.0}/s for {seconds} s: {} sent, {} acknowledged, {} errors, {} distinct acknowledged, {} committed ({} rows per event at most: primary key), {lost} lost; ack {}; ack to commit {}; peak RSS ingress {ingress_rss:.0} MiB, processor {processor_rss:.0} MiB",
-        report.sent, report.ok, report.errors, first_ack.len(), rows.len(), 1, percentiles(&report.latency), percentiles(&lag)
+        report.sent, report.ok, report.errors, first_ack.len(), rows.len(), most_rows, percentiles(&report.latency), percentiles(&lag)
     );
     let ms = |v: u64| v as f64 / 1000.0;
     write_json(
@@ -479,7 +490,20 @@ async fn end_to_end(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    tokio::select! {
+        done = run(command) => done,
+        _ = tokio::signal::ctrl_c() => {
+            // The run's future is dropped here, and with it its services, vhost,
+            // database and processes: an interrupted run leaves nothing behind.
+            eprintln!("dojo-bench: interrupted; the run's services, vhost and database are removed");
+            std::process::exit(130);
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Baselines => {
             baselines().await?;
         }

@@ -37,10 +37,21 @@ fn log_file(name: &str) -> Stdio {
     }
 }
 
+/// A port the OS says is free and this run has not handed out before: the OS may offer
+/// the same port again before the service given it has bound it (two services then
+/// raced for one port, and ingress failed with "Address already in use").
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().expect("lock");
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 pub fn ingress(services: &Services) -> anyhow::Result<Proc> {
