@@ -19,7 +19,7 @@ use std::sync::Arc;
 struct DeadLettersPage {
     frame: Frame,
     letters: Vec<DeadLetter>,
-    /// What the queue held: more than `letters` past `dlq::MAX_BATCH`.
+    /// What the queue held: more than `letters` past [`PAGE_ROWS`].
     held: usize,
     error: String,
     done: String,
@@ -40,6 +40,31 @@ struct ConfirmPage {
 pub struct Done {
     pub replayed: Option<u64>,
     pub what: Option<String>,
+}
+
+/// Most dead letters the page shows (the oldest); the count says how many there are.
+const PAGE_ROWS: usize = 200;
+/// Most of a payload the page shows (bytes, cut at a character boundary).
+const PAGE_PAYLOAD: usize = 4 * 1024;
+
+/// `letters` cut to what the page shows: the oldest [`PAGE_ROWS`], each payload to
+/// [`PAGE_PAYLOAD`] bytes followed by a note of the cut.
+fn shown(mut letters: Vec<DeadLetter>) -> Vec<DeadLetter> {
+    letters.truncate(PAGE_ROWS);
+    for d in &mut letters {
+        if d.payload.len() > PAGE_PAYLOAD {
+            let mut end = PAGE_PAYLOAD;
+            while !d.payload.is_char_boundary(end) {
+                end -= 1;
+            }
+            let total = d.payload.len();
+            d.payload.truncate(end);
+            d.payload.push_str(&format!(
+                "… (the first {end} of {total} bytes; `processor dlq list --json` has it all)"
+            ));
+        }
+    }
+    letters
 }
 
 pub async fn page(
@@ -70,7 +95,7 @@ pub async fn page(
         },
         &DeadLettersPage {
             frame: Frame::new(&staff, "dead-letters"),
-            letters,
+            letters: shown(letters),
             held: held as usize,
             error,
             done,
