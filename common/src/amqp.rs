@@ -100,6 +100,9 @@ impl Brokers {
             "RabbitMQ refused the credentials in AMQP_URL (ACCESS_REFUSED)"
         } else if text.contains("NOT_ALLOWED") || text.contains("NOT-ALLOWED") {
             "RabbitMQ refused the vhost in AMQP_URL (NOT_ALLOWED: missing, or not permitted to this user)"
+        } else if matches!(error.kind(), lapin::ErrorKind::IOError(e) if e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            "RabbitMQ took the connection but did not answer in time (overloaded, paused or cut off from its cluster)"
         } else if matches!(error.kind(), lapin::ErrorKind::IOError(_)) {
             "RabbitMQ cannot be reached (network, address or port)"
         } else {
@@ -172,6 +175,15 @@ impl Brokers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_that_stops_answering_is_told_apart_from_one_that_cannot_be_reached() {
+        let silent = timed_out("the broker did not answer".into());
+        assert!(Brokers::explain(&silent).contains("did not answer in time"));
+        let refused =
+            lapin::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(Brokers::explain(&refused).contains("cannot be reached"));
+    }
 
     #[test]
     fn one_or_several_nodes() {
