@@ -113,6 +113,19 @@ async fn dead_letters(action: Dlq) {
             dlq::MAX_BATCH
         )
     };
+    let none_of = |id: &str, pass: dlq::Pass| -> ! {
+        if pass.partial() {
+            fail(
+                1,
+                format!(
+                    "no dead letter of event {id} among the oldest {} of the {} in {queue}: run again",
+                    dlq::MAX_BATCH,
+                    pass.held
+                ),
+            )
+        }
+        fail(1, format!("no dead letter of event {id} in {queue}"))
+    };
     match action {
         Dlq::List { json } => {
             let listing = dlq::list(&amqp_url)
@@ -161,7 +174,7 @@ async fn dead_letters(action: Dlq) {
                 .await
                 .unwrap_or_else(|e| fail(1, common::error_chain(e.as_ref())));
             if let (Some(id), 0) = (&event_id, pass.chosen) {
-                fail(1, format!("no dead letter of event {id} in {queue}"));
+                none_of(id, pass);
             }
             println!(
                 "replayed {} dead letter(s) to {}",
@@ -177,7 +190,7 @@ async fn dead_letters(action: Dlq) {
                 .await
                 .unwrap_or_else(|e| fail(1, common::error_chain(e.as_ref())));
             if pass.chosen == 0 {
-                fail(1, format!("no dead letter of event {event_id} in {queue}"));
+                none_of(&event_id, pass);
             }
             println!(
                 "discarded {} dead letter(s) of event {event_id}",
