@@ -9,7 +9,6 @@ use e2e::isolation::Services;
 use e2e::wait_until;
 use simulator::fake_api::{FakeDojoApi, Fault};
 use simulator::scenario::lifecycles;
-use std::process::Child;
 use std::time::Duration;
 use support::*;
 
@@ -22,7 +21,7 @@ fn start_logged(
     api: &FakeDojoApi,
     file: &str,
     log: &std::path::Path,
-) -> Child {
+) -> Spawned {
     let out = std::fs::File::create(log).unwrap();
     command(services)
         .env("RUST_LOG", "debug")
@@ -39,6 +38,7 @@ fn start_logged(
         .stderr(out)
         .spawn()
         .expect("processor starts")
+        .into()
 }
 
 async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {

@@ -127,11 +127,11 @@ async fn one_webhook_is_one_trace_from_dojo_to_the_database() {
         .env("DOJO_WEBHOOK_SECRETS", simulator::event::DOC_SECRET);
     // Per-event lines are debug: the default (info) keeps warnings, errors and lifecycle.
     otel_env(&mut ingress, &collector, "info,ingress=debug");
-    let mut ingress = ingress.spawn().unwrap();
+    let mut ingress: support::Spawned = ingress.spawn().unwrap().into();
     let ingress_log = read_log(&mut ingress);
     let mut processor = support::command(&services);
     otel_env(&mut processor, &collector, "info,processor=debug");
-    let mut processor = processor.spawn().unwrap();
+    let mut processor: support::Spawned = processor.spawn().unwrap().into();
     let processor_log = read_log(&mut processor);
 
     let url = format!("http://127.0.0.1:{port}");

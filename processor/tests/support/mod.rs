@@ -20,11 +20,44 @@ pub fn command(services: &Services) -> Command {
     cmd
 }
 
-pub fn start(services: &Services) -> Child {
+pub fn start(services: &Services) -> Spawned {
     command(services)
         .stdout(Stdio::null())
         .spawn()
         .expect("processor starts")
+        .into()
+}
+
+/// A child process killed when dropped (a test that fails midway leaves no service
+/// running behind it); [`terminate`] stops it gracefully instead.
+pub struct Spawned(Option<Child>);
+
+impl From<Child> for Spawned {
+    fn from(child: Child) -> Self {
+        Self(Some(child))
+    }
+}
+
+impl std::ops::Deref for Spawned {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("running")
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("running")
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// `processor <args>` (for example `dlq list`), run to completion.
@@ -37,7 +70,8 @@ pub async fn run(services: &Services, args: &[&str]) -> Output {
 }
 
 /// SIGTERM, then the exit status.
-pub fn terminate(mut child: Child) -> std::process::ExitStatus {
+pub fn terminate(child: impl Into<Spawned>) -> std::process::ExitStatus {
+    let mut child = child.into().0.take().expect("running");
     let sent = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
