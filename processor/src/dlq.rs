@@ -252,15 +252,17 @@ async fn publish_confirmed(
     anyhow::bail!("publish to {exchange:?} with routing key {routing_key:?} {refused}")
 }
 
-/// Takes up to `count` messages (at most [`MAX_BATCH`]) from the head of the dead-letter
-/// queue, one at a time,
-/// and settles each as `visit` decides, never by a requeue (see the module notes).
-async fn each(
-    channel: &Channel,
-    count: u32,
-    mut visit: impl AsyncFnMut(&Delivery) -> anyhow::Result<After>,
-) -> anyhow::Result<()> {
-    for _ in 0..count.min(MAX_BATCH) {
+/// One pass: opens the dead-letter queue, takes up to as many messages as it holds (at
+/// most [`MAX_BATCH`]) from its head, one at a time, settles each as `visit` decides
+/// (given the pass's confirm-mode channel), never by a requeue (see the module notes),
+/// and closes. Returns how many messages the queue held when the pass started.
+async fn walk(
+    amqp_url: &str,
+    done: &str,
+    mut visit: impl AsyncFnMut(&Channel, &Delivery) -> anyhow::Result<After>,
+) -> anyhow::Result<u32> {
+    let (connection, channel, held) = open(amqp_url).await?;
+    for _ in 0..held.min(MAX_BATCH) {
         let Some(got) = channel
             .basic_get(DEAD_QUEUE.into(), BasicGetOptions { no_ack: false })
             .await?
@@ -269,9 +271,9 @@ async fn each(
             break;
         };
         let delivery = got.delivery;
-        if let After::Keep = visit(&delivery).await? {
+        if let After::Keep = visit(&channel, &delivery).await? {
             publish_confirmed(
-                channel,
+                &channel,
                 "",
                 DEAD_QUEUE,
                 &delivery.data,
@@ -281,20 +283,19 @@ async fn each(
         }
         delivery.ack(BasicAckOptions::default()).await?;
     }
-    Ok(())
+    let _ = channel.close(200, done.into()).await;
+    let _ = connection.close(200, done.into()).await;
+    Ok(held)
 }
 
 /// Every dead letter (up to [`MAX_BATCH`]), oldest first. Nothing is removed.
 pub async fn list(amqp_url: &str) -> anyhow::Result<Listing> {
-    let (connection, channel, held) = open(amqp_url).await?;
     let mut letters = Vec::new();
-    each(&channel, held, async |d: &Delivery| {
+    let held = walk(amqp_url, "listed", async |_: &Channel, d: &Delivery| {
         letters.push(describe(d));
         Ok(After::Keep)
     })
     .await?;
-    let _ = channel.close(200, "listed".into()).await;
-    let _ = connection.close(200, "listed".into()).await;
     Ok(Listing { held, letters })
 }
 
@@ -313,9 +314,8 @@ impl Selection {
 /// on them after inspection: docs/OPERATIONS.md, DojoDeadLetters); the others stay, as
 /// after a listing.
 pub async fn discard(amqp_url: &str, selection: &Selection) -> anyhow::Result<Pass> {
-    let (connection, channel, held) = open(amqp_url).await?;
     let mut chosen = 0u64;
-    each(&channel, held, async |d: &Delivery| {
+    let held = walk(amqp_url, "discarded", async |_: &Channel, d: &Delivery| {
         if !selection.chooses(d) {
             return Ok(After::Keep);
         }
@@ -323,52 +323,48 @@ pub async fn discard(amqp_url: &str, selection: &Selection) -> anyhow::Result<Pa
         Ok(After::Remove)
     })
     .await?;
-    let _ = channel.close(200, "discarded".into()).await;
-    let _ = connection.close(200, "discarded".into()).await;
     Ok(Pass { held, chosen })
 }
 
 /// Publishes the selected dead letters back to the exchange (headers of the failure
 /// removed, original routing key restored) and removes each once confirmed.
 pub async fn replay(amqp_url: &str, selection: &Selection) -> anyhow::Result<Pass> {
-    let (connection, channel, held) = open(amqp_url).await?;
-    let mut replayed = 0u64;
-    each(&channel, held, async |d: &Delivery| {
-        if !selection.chooses(d) {
-            return Ok(After::Keep);
-        }
-        let headers = d.properties.headers().clone().unwrap_or_default();
-        let routing_key = original_routing_key(&headers).unwrap_or_else(|| "other".into());
-        let mut clean = FieldTable::default();
-        for (name, value) in headers.inner() {
-            let failure = [
-                DEAD_REASON_HEADER,
-                DEAD_AT_HEADER,
-                ATTEMPT_HEADER,
-                FIRST_FAILURE_HEADER,
-                LAST_ERROR_HEADER,
-                "x-death",
-                "x-original-routing-key",
-            ];
-            if !failure.contains(&name.as_str())
-                && !name.as_str().starts_with("x-first-death")
-                && !name.as_str().starts_with("x-last-death")
-            {
-                clean.insert(name.clone(), value.clone());
+    let mut chosen = 0u64;
+    let held = walk(
+        amqp_url,
+        "replayed",
+        async |channel: &Channel, d: &Delivery| {
+            if !selection.chooses(d) {
+                return Ok(After::Keep);
             }
-        }
-        let properties = d.properties.clone().with_headers(clean);
-        publish_confirmed(&channel, EXCHANGE, &routing_key, &d.data, properties).await?;
-        replayed += 1;
-        Ok(After::Remove)
-    })
+            let headers = d.properties.headers().clone().unwrap_or_default();
+            let routing_key = original_routing_key(&headers).unwrap_or_else(|| "other".into());
+            let mut clean = FieldTable::default();
+            for (name, value) in headers.inner() {
+                let failure = [
+                    DEAD_REASON_HEADER,
+                    DEAD_AT_HEADER,
+                    ATTEMPT_HEADER,
+                    FIRST_FAILURE_HEADER,
+                    LAST_ERROR_HEADER,
+                    "x-death",
+                    "x-original-routing-key",
+                ];
+                if !failure.contains(&name.as_str())
+                    && !name.as_str().starts_with("x-first-death")
+                    && !name.as_str().starts_with("x-last-death")
+                {
+                    clean.insert(name.clone(), value.clone());
+                }
+            }
+            let properties = d.properties.clone().with_headers(clean);
+            publish_confirmed(channel, EXCHANGE, &routing_key, &d.data, properties).await?;
+            chosen += 1;
+            Ok(After::Remove)
+        },
+    )
     .await?;
-    let _ = channel.close(200, "replayed".into()).await;
-    let _ = connection.close(200, "replayed".into()).await;
-    Ok(Pass {
-        held,
-        chosen: replayed,
-    })
+    Ok(Pass { held, chosen })
 }
 
 #[cfg(test)]
