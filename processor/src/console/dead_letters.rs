@@ -262,3 +262,38 @@ pub async fn replay_all(
     )
     .await)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(n: usize, payload: String) -> DeadLetter {
+        DeadLetter {
+            event_id: Some(format!("evt_{n}")),
+            reason: "not JSON".into(),
+            attempts: 0,
+            first_failure: None,
+            dead_at: None,
+            payload,
+        }
+    }
+
+    #[test]
+    fn the_page_shows_the_oldest_rows_and_cuts_long_payloads_at_a_character() {
+        let letters: Vec<_> = (0..PAGE_ROWS + 5)
+            .map(|n| letter(n, "é".repeat(n * 20)))
+            .collect();
+        let page = shown(letters);
+        assert_eq!(page.len(), PAGE_ROWS);
+        assert_eq!(page[0].event_id.as_deref(), Some("evt_0"), "oldest first");
+        let short = &page[10].payload;
+        assert_eq!(short, &"é".repeat(200), "a short payload is whole");
+        let long = &page[PAGE_ROWS - 1].payload;
+        let (kept, note) = long.split_once('…').unwrap();
+        assert!(kept.len() <= PAGE_PAYLOAD && kept.chars().all(|c| c == 'é'));
+        assert!(
+            note.contains(&format!("of {} bytes", (PAGE_ROWS - 1) * 40)),
+            "{note}"
+        );
+    }
+}
