@@ -265,14 +265,18 @@ async fn serve() {
     }
     // Building waits for PostgreSQL as long as it takes; a stop meanwhile is a clean
     // exit (0), as it is once running: nothing has been consumed yet.
+    // `biased`: the shutdown branch is polled first, so the SIGTERM and SIGINT handlers
+    // exist before building logs anything (a signal sent on seeing "PostgreSQL
+    // unreachable" could otherwise meet the default action and kill the process).
     let app = tokio::select! {
-        app = Application::build(settings) => {
-            app.unwrap_or_else(|e| fail(1, common::error_chain(e.as_ref())))
-        }
+        biased;
         () = common::shutdown_signal() => {
             tracing::info!("stopped before starting: nothing consumed");
             telemetry.shutdown();
             return;
+        }
+        app = Application::build(settings) => {
+            app.unwrap_or_else(|e| fail(1, common::error_chain(e.as_ref())))
         }
     };
     tracing::info!(addr = %app.local_addr(), "processor listening");
