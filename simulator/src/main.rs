@@ -329,6 +329,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             c.sent, c.acknowledged, c.failed
         );
     }
+    if report.retried > 0 {
+        println!(
+            "  {} sent again after 408 Request Timeout, as Dojo retries (run::HEAD_TIMEOUT_RETRIES)",
+            report.retried
+        );
+    }
     for f in &report.failures {
         println!("  failure: {f}");
     }

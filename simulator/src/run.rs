@@ -66,6 +66,8 @@ pub struct ChannelReport {
     pub sent: u64,
     pub acknowledged: u64,
     pub failed: u64,
+    /// Deliveries sent again after a `408 Request Timeout` (see [`HEAD_TIMEOUT_RETRIES`]).
+    pub retried: u64,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -75,18 +77,30 @@ pub struct Report {
     pub sent: u64,
     pub acknowledged: u64,
     pub failed: u64,
+    /// Deliveries sent again after a `408 Request Timeout`, all channels.
+    pub retried: u64,
     pub seconds: f64,
     pub channels: BTreeMap<Via, ChannelReport>,
     /// The first few failures, for the reader.
     pub failures: Vec<String>,
 }
 
+/// How many times an HTTP delivery answered `408 Request Timeout` is sent again.
+///
+/// Ingress answers 408 when a request's head has not been read within 5 s of the
+/// connection being accepted; on a saturated machine that can reach a request that was
+/// sent at once (actix-web issue #1269). Nothing was accepted then, and Dojo retries any
+/// 4xx "a limited number of times" (`dojo-api.md` §2b), so the simulator does too for
+/// this one status. Other refusals (401, 503, ...) are reported as failures at once.
+pub const HEAD_TIMEOUT_RETRIES: u32 = 2;
+
+/// Delivers `event` once over `via`; `Ok(n)` is the number of 408 retries it took.
 async fn deliver(
     targets: &Targets,
     via: Via,
     event: &Event,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<u32, String> {
     let body = event.body();
     let location = targets.locations.get(&event.account_id);
     match via {
@@ -98,7 +112,7 @@ async fn deliver(
             }
             .map_err(|e| e.to_string())?;
             if is_success(&reply) {
-                Ok(())
+                Ok(0)
             } else {
                 Err(format!(
                     "ws {}: {}",
@@ -112,20 +126,27 @@ async fn deliver(
                 .and_then(|l| l.http.as_ref())
                 .or(targets.http.as_ref())
                 .ok_or("no ingress URL")?;
-            let sent = if via == Via::Webhook {
-                http.webhook(&body).await
-            } else {
-                http.rest(&body).await
-            };
-            let response = sent.map_err(|e| e.to_string())?;
-            let status = response.status();
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(format!(
+            let mut retries = 0;
+            loop {
+                let sent = if via == Via::Webhook {
+                    http.webhook(&body).await
+                } else {
+                    http.rest(&body).await
+                };
+                let response = sent.map_err(|e| e.to_string())?;
+                let status = response.status();
+                if status.is_success() {
+                    return Ok(retries);
+                }
+                if status == reqwest::StatusCode::REQUEST_TIMEOUT && retries < HEAD_TIMEOUT_RETRIES
+                {
+                    retries += 1;
+                    continue;
+                }
+                return Err(format!(
                     "{via:?} {status}: {}",
                     response.text().await.unwrap_or_default()
-                ))
+                ));
             }
         }
     }
@@ -145,7 +166,7 @@ pub async fn run(scenario: &Scenario, targets: &Targets, options: &Options) -> R
         }
     }
     let start = Instant::now();
-    let results: Vec<(Via, Result<(), String>)> =
+    let results: Vec<(Via, Result<u32, String>)> =
         futures::stream::iter(jobs.into_iter().enumerate())
             .map(|(i, (via, event))| async move {
                 if let Some(rate) = options.rate {
@@ -170,9 +191,11 @@ pub async fn run(scenario: &Scenario, targets: &Targets, options: &Options) -> R
         channel.sent += 1;
         report.sent += 1;
         match result {
-            Ok(()) => {
+            Ok(retries) => {
                 channel.acknowledged += 1;
                 report.acknowledged += 1;
+                channel.retried += u64::from(retries);
+                report.retried += u64::from(retries);
             }
             Err(e) => {
                 channel.failed += 1;
