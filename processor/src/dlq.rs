@@ -327,7 +327,8 @@ pub async fn discard(amqp_url: &str, selection: &Selection) -> anyhow::Result<Pa
 }
 
 /// Publishes the selected dead letters back to the exchange (headers of the failure
-/// removed, original routing key restored) and removes each once confirmed.
+/// removed but `x-first-failure-at`, so a replay that fails again still shows when it
+/// first failed; original routing key restored) and removes each once confirmed.
 pub async fn replay(amqp_url: &str, selection: &Selection) -> anyhow::Result<Pass> {
     let mut chosen = 0u64;
     let held = walk(
@@ -345,7 +346,6 @@ pub async fn replay(amqp_url: &str, selection: &Selection) -> anyhow::Result<Pas
                     DEAD_REASON_HEADER,
                     DEAD_AT_HEADER,
                     ATTEMPT_HEADER,
-                    FIRST_FAILURE_HEADER,
                     LAST_ERROR_HEADER,
                     "x-death",
                     "x-original-routing-key",

@@ -68,7 +68,13 @@ pub async fn dead_letter(
         (topology::DEAD_REASON_HEADER, text(reason)),
         (topology::DEAD_AT_HEADER, text(&now)),
     ];
-    if attempts(delivery.properties.headers().as_ref()) == 0 {
+    // A replayed dead letter keeps the time of its first failure (`processor dlq replay`).
+    let failed_before = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .is_some_and(|h| h.inner().contains_key(FIRST_FAILURE_HEADER));
+    if !failed_before {
         extra.push((FIRST_FAILURE_HEADER, text(&now)));
     }
     republish(channel, delivery, topology::DEAD_QUEUE, extra).await?;

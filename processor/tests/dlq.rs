@@ -101,6 +101,32 @@ async fn dead_letters_are_listed_and_a_repaired_one_is_replayed_exactly_once() {
         2
     );
 
+    // Replayed before the cause is repaired, it dies again, and still shows when it
+    // first failed (not when the replay failed).
+    let evil_in = |listing: &serde_json::Value| {
+        listing["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["eventId"] == "evt_evil")
+            .cloned()
+    };
+    let before = evil_in(&json).expect("evt_evil listed");
+    let replayed = stdout(&run(&services, &["dlq", "replay", "--event-id", "evt_evil"]).await);
+    assert!(
+        replayed.starts_with("replayed 1 dead letter(s)"),
+        "{replayed}"
+    );
+    let again = wait_until("evt_evil dead again", PATIENCE, || async {
+        let listing: serde_json::Value =
+            serde_json::from_str(&stdout(&run(&services, &["dlq", "list", "--json"]).await))
+                .ok()?;
+        evil_in(&listing).filter(|m| m["deadAt"] != before["deadAt"])
+    })
+    .await;
+    assert!(before["firstFailure"].is_string(), "{before}");
+    assert_eq!(again["firstFailure"], before["firstFailure"], "{again}");
+
     // The operator repairs the cause, then replays that event.
     sqlx::query("ALTER TABLE dojo_events DROP CONSTRAINT no_evil")
         .execute(&pool)
