@@ -44,6 +44,10 @@ pub struct Intake {
 /// The span of one delivery on a channel (a server span of Dojo's request), continuing
 /// `incoming` (a W3C `traceparent`, when Dojo sent one), and its ids.
 ///
+/// It never has a tracing parent: without `incoming` it starts a trace of its own, so
+/// the requests of one long-lived WebSocket (whose reader runs inside the socket's
+/// span) are one trace each, not one trace per socket.
+///
 /// Without span export the span carries only what the logs need, given at creation
 /// (`trace_id`, `span_id`, and `location` once known): each field recorded later costs a
 /// formatting step on every request.
@@ -54,6 +58,7 @@ pub fn delivery_span(
 ) -> (tracing::Span, Ids) {
     if common::telemetry::exporting() {
         let span = tracing::info_span!(
+            parent: None,
             "delivery",
             otel.name = name,
             otel.kind = "server",
@@ -73,6 +78,7 @@ pub fn delivery_span(
     } else {
         let ids = common::telemetry::continue_trace(incoming);
         let span = tracing::info_span!(
+            parent: None,
             "delivery",
             location = Empty,
             trace_id = ids.trace_id.as_str(),

@@ -1,7 +1,8 @@
 //! One trace per event, across both services: the real binaries export OTLP/HTTP to an
 //! in-process collector; one webhook with Dojo's `traceparent` must yield spans from
 //! ingress and processor in that trace, linked publish -> consume, and log lines that
-//! carry the trace id (error answers' `traceId` included).
+//! carry the trace id (error answers' `traceId` included). Over Dojo's WebSocket, which
+//! carries no trace context, each request is a trace of its own.
 
 mod support;
 
@@ -28,6 +29,8 @@ struct Collected {
 }
 
 type Spans = Arc<Mutex<Vec<Collected>>>;
+
+const WS_KEY: &str = "sk_sandbox_trace_key";
 
 async fn receive(body: web::Bytes, spans: web::Data<Spans>) -> HttpResponse {
     let Ok(request) = ExportTraceServiceRequest::decode(body) else {
@@ -120,11 +123,19 @@ async fn one_webhook_is_one_trace_from_dojo_to_the_database() {
         .local_addr()
         .unwrap()
         .port();
+    // Dojo's WebSocket too: it sends no trace context, so each request starts a trace.
+    let ws = simulator::ws::DojoWs::bind("127.0.0.1:0", Some(WS_KEY.into()))
+        .await
+        .unwrap();
     let mut ingress = Command::new(ingress_bin);
     ingress
         .env("INGRESS_ADDR", format!("127.0.0.1:{port}"))
         .env("AMQP_URL", services.vhost.amqp_url())
-        .env("DOJO_WEBHOOK_SECRETS", simulator::event::DOC_SECRET);
+        .env("DOJO_WEBHOOK_SECRETS", simulator::event::DOC_SECRET)
+        .env("DOJO_WS_URL", ws.url())
+        .env("DOJO_API_KEY", WS_KEY)
+        .env("DOJO_SOFTWARE_HOUSE_ID", "shid-test")
+        .env("DOJO_RESELLER_ID", "reseller-test");
     // Per-event lines are debug: the default (info) keeps warnings, errors and lifecycle.
     otel_env(&mut ingress, &collector, "info,ingress=debug");
     let mut ingress: support::Spawned = ingress.spawn().unwrap().into();
@@ -221,13 +232,51 @@ async fn one_webhook_is_one_trace_from_dojo_to_the_database() {
     );
     assert_eq!(consume.attributes["dojo.outcome"], "applied");
 
+    // Two events over one WebSocket: two traces, each rooted at its own request (not
+    // one trace per socket).
+    ws.wait_for_open(1, Duration::from_secs(30)).await.unwrap();
+    let mut ws_events = Vec::new();
+    for n in 1..=2 {
+        let event = simulator::Event::new(
+            &format!("evt_ws_trace_{n}"),
+            "payment_intent.created",
+            &format!("pi_ws_trace_{n}"),
+            "Created",
+            chrono::Utc::now(),
+        );
+        let reply = ws
+            .handle_event(&event.body(), None, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(simulator::ws::is_success(&reply), "{reply}");
+        ws_events.push(event.id);
+    }
+    let ws_requests = wait_until(
+        "spans of both WebSocket requests",
+        Duration::from_secs(30),
+        || async {
+            let spans = spans.lock().unwrap().clone();
+            let requests: Vec<Collected> = spans
+                .into_iter()
+                .filter(|s| s.service == "ingress" && s.name == "HandleEventV1")
+                .collect();
+            (requests.len() == 2).then_some(requests)
+        },
+    )
+    .await;
+    assert_ne!(ws_requests[0].trace_id, ws_requests[1].trace_id);
+    for r in &ws_requests {
+        assert_eq!(r.parent, "", "a WebSocket request is a trace's root: {r:?}");
+        assert!(ws_events.contains(&r.attributes["dojo.event.id"]), "{r:?}");
+    }
+
     let pool = services.db.pool().await.unwrap();
     wait_until("applied", Duration::from_secs(30), || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dojo_events")
             .fetch_one(&pool)
             .await
             .ok()?;
-        (n == 1).then_some(())
+        (n == 3).then_some(())
     })
     .await;
     assert!(support::terminate(ingress).success());
