@@ -10,6 +10,7 @@
 //!   (the processor's outbox keeps the fetch and tries again later);
 //! - 401/403 mark the key broken: one error log, a gauge, and calls with that key fail
 //!   fast for `DOJO_API_KEY_COOLDOWN_SECS` (no retry storm) before one is tried again;
+//!   a replacement key of the location (the locations file changed) is tried at once;
 //! - 404 is [`ApiError::NotFound`]: unknown to Dojo (with this key), not "gone".
 //!
 //! Keys and card fields are never logged: [`Secret`] hides keys, and the `Debug` of
@@ -158,8 +159,10 @@ pub struct DojoApi {
     pub config: ApiConfig,
     http: reqwest::Client,
     limiters: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
-    /// Location -> until when its key is considered broken.
-    broken: Mutex<HashMap<String, Instant>>,
+    /// Location -> which of its keys Dojo refused (a fingerprint, not the key) and until
+    /// when that key is considered broken. A new key (the locations file changed) is
+    /// tried at once.
+    broken: Mutex<HashMap<String, (u64, Instant)>>,
     metrics: ApiMetrics,
 }
 
@@ -249,21 +252,33 @@ impl DojoApi {
             .clone()
     }
 
-    fn key_cooling(&self, location: &str) -> bool {
-        let broken = self.broken.lock().expect("broken lock");
-        broken
-            .get(location)
-            .is_some_and(|until| Instant::now() < *until)
+    /// Which key a refusal was about, without keeping the key itself.
+    fn fingerprint(key: &Secret) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.expose().hash(&mut h);
+        h.finish()
     }
 
-    fn mark_key(&self, location: &str, status: Option<u16>) {
+    fn key_cooling(&self, creds: &Credentials) -> bool {
+        let broken = self.broken.lock().expect("broken lock");
+        broken.get(&creds.location).is_some_and(|(key, until)| {
+            *key == Self::fingerprint(&creds.key) && Instant::now() < *until
+        })
+    }
+
+    fn mark_key(&self, creds: &Credentials, status: Option<u16>) {
+        let location = creds.location.as_str();
         let mut broken = self.broken.lock().expect("broken lock");
         match status {
             Some(status) => {
                 let was = broken
                     .insert(
                         location.to_owned(),
-                        Instant::now() + self.config.key_cooldown,
+                        (
+                            Self::fingerprint(&creds.key),
+                            Instant::now() + self.config.key_cooldown,
+                        ),
                     )
                     .is_some();
                 self.metrics
@@ -307,7 +322,7 @@ impl DojoApi {
                 .inc()
         };
         let cooling = || {
-            let cooling = self.key_cooling(location);
+            let cooling = self.key_cooling(creds);
             if cooling {
                 count("key_broken");
             }
@@ -351,14 +366,14 @@ impl DojoApi {
                     count(&status.to_string());
                     match status {
                         200..=299 => {
-                            self.mark_key(location, None);
+                            self.mark_key(creds, None);
                             return response.bytes().await.map_err(|e| ApiError::Unavailable {
                                 reason: format!("body: {}", e.without_url()),
                                 retry_after: None,
                             });
                         }
                         401 | 403 => {
-                            self.mark_key(location, Some(status));
+                            self.mark_key(creds, Some(status));
                             return Err(ApiError::KeyBroken {
                                 location: location.to_owned(),
                                 status,

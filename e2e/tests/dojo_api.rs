@@ -1,6 +1,6 @@
 //! The shared Dojo API client against the simulator's faithful Dojo API: look-ups with
-//! `returnCanceled`, search paging, 404, a refused key, 429 with `Retry-After`, the
-//! per-key rate.
+//! `returnCanceled`, search paging, 404, a refused key (and its replacement, used at
+//! once), 429 with `Retry-After`, the per-key rate.
 
 use common::dojo_api::{
     ApiConfig, ApiError, ApiMetrics, Credentials, Cursor, DojoApi, SearchRequest,
@@ -112,6 +112,14 @@ async fn refused_keys_throttling_and_retry_after() {
         .filter(|(_, k)| k == "sk_revoked")
         .count();
     assert_eq!(revoked_calls, 1, "a broken key is not retried at once");
+    // The operator replaces the location's key: the new one is used at once, not after
+    // the refused key's cooldown.
+    let replaced = Credentials {
+        location: "revoked".into(),
+        key: Secret::new("sk_a"),
+    };
+    let intent = dojo.get_payment_intent(&replaced, &pi).await.unwrap();
+    assert_eq!(intent.id.as_deref(), Some(pi.as_str()));
 
     // Five fetches at once with another refused key: they queue for the key's turn, and
     // only the first is sent; the others see the refusal when their turn comes.
