@@ -214,7 +214,7 @@ pub(crate) fn error(
     tracing::warn!(
         trace_id,
         status = status.as_u16(),
-        message,
+        error = message,
         "read API request rejected"
     );
     json_line(
