@@ -563,3 +563,67 @@ async fn the_periodic_sweep_repairs_lost_events_alone() {
     ingress.stop().await;
     api.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_is_dropped_after_its_404s_not_after_its_other_failures() {
+    use simulator::fake_api::Fault;
+    const NOT_FOUND_LIMIT: i32 = 3;
+    let services = Services::new().await.unwrap();
+    // Dojo does not know the intent: its fetch is a 404 once Dojo answers.
+    let api = FakeDojoApi::start("127.0.0.1:0").unwrap();
+    let other = simulator::scenario::lifecycles(ACCOUNT, 1, 0.0, 1);
+    api.serve_truth(&other.truth, [(KEY, ACCOUNT)]);
+    api.set_fault(Fault::ServerError);
+    let ingress = ingress(&services, &[]);
+    let mut env = processor_env(&api);
+    env.extend([
+        ("DOJO_API_ATTEMPTS", "1".into()),
+        ("ENRICH_BACKOFF_MS", "50".into()),
+        ("ENRICH_BACKOFF_MAX_MS", "100".into()),
+        ("ENRICH_NOT_FOUND_ATTEMPTS", NOT_FOUND_LIMIT.to_string()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let processor = processor(&services, &env).await;
+    ready(&ingress.url).await;
+
+    let ghost = simulator::Event::new(
+        "evt_ghost",
+        "payment_intent.created",
+        "pi_ghost",
+        "Created",
+        chrono::Utc::now(),
+    );
+    let answer = dojo(&ingress).webhook(&ghost.body()).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let pool = services.db.pool().await.unwrap();
+    // First an outage: more failed fetches than the 404 limit.
+    wait_until("five failed fetches", PATIENCE, || async {
+        let attempts: Option<i32> = sqlx::query_scalar(
+            "SELECT attempts FROM enrichment_outbox WHERE payment_intent_id = 'pi_ghost'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .ok()?;
+        (attempts? >= 5).then_some(())
+    })
+    .await;
+    let calls = processor.worker.metrics.api.calls.clone();
+    let by = |s: &str| calls.with_label_values(&["default", "get", s]).get();
+    assert_eq!(by("404"), 0);
+    // Dojo answers again, 404: the fetch is dropped after exactly the limit of 404s.
+    api.set_fault(Fault::None);
+    wait_until("the fetch dropped", PATIENCE, || async {
+        let left = count(
+            &pool,
+            "SELECT count(*) FROM enrichment_outbox WHERE payment_intent_id = 'pi_ghost'",
+        )
+        .await;
+        (left == 0).then_some(())
+    })
+    .await;
+    assert_eq!(by("404"), NOT_FOUND_LIMIT as u64);
+    assert!(by("500") >= 5);
+    processor.running.stop().await;
+    ingress.stop().await;
+    api.stop().await;
+}

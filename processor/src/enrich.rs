@@ -3,7 +3,8 @@
 //! intent from Dojo (`GET /payment-intents/{id}?returnCanceled=true`, with the key of
 //! the location that owns the intent's account), stores the snapshot
 //! (crate::snapshot), repairs a status no event explained (crate::reconcile), and
-//! deletes the row. Failures stay in the row: `attempts`, `last_error`, and `due_at`
+//! deletes the row. Failures stay in the row: `attempts` (of them, 404s also in
+//! `not_found_attempts`, migration 0010), `last_error`, and `due_at`
 //! pushed back (Dojo's `Retry-After`, else exponential backoff), so a SIGKILL or a Dojo
 //! outage loses no fetch. Taking a row leases it (`due_at` moved ahead by the lease):
 //! replicas never fetch one row at once, and a dead replica's rows come back.
@@ -92,6 +93,8 @@ struct Claimed {
     account_id: String,
     generation: i64,
     attempts: i32,
+    /// Of those failures, answers of 404 (dropped at `ENRICH_NOT_FOUND_ATTEMPTS`).
+    not_found_attempts: i32,
 }
 
 /// How long after the consumers' last full batch fetches keep waiting.
@@ -156,7 +159,8 @@ async fn claim(pool: &PgPool, settings: &EnrichSettings) -> Result<Vec<Claimed>,
          FROM (SELECT payment_intent_id FROM enrichment_outbox WHERE due_at <= now()
                ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED) AS due
          WHERE o.payment_intent_id = due.payment_intent_id
-         RETURNING o.payment_intent_id, o.account_id, o.generation, o.attempts",
+         RETURNING o.payment_intent_id, o.account_id, o.generation, o.attempts,
+                   o.not_found_attempts",
     )
     .bind((settings.concurrency * 4) as i64)
     .bind(settings.lease.as_millis() as f64)
@@ -169,6 +173,7 @@ async fn claim(pool: &PgPool, settings: &EnrichSettings) -> Result<Vec<Claimed>,
             account_id: r.try_get(1)?,
             generation: r.try_get(2)?,
             attempts: r.try_get(3)?,
+            not_found_attempts: r.try_get(4)?,
         })
     })
     .collect()
@@ -222,11 +227,26 @@ async fn fetch_and_store(worker: &Worker, c: &Claimed) -> Result<&'static str, s
                 "not_newer"
             })
         }
-        Err(ApiError::NotFound) if c.attempts + 1 >= worker.settings.enrich.not_found_attempts => {
+        Err(ApiError::NotFound)
+            if c.not_found_attempts + 1 >= worker.settings.enrich.not_found_attempts =>
+        {
             tracing::warn!(payment_intent_id = %c.payment_intent_id, location = %creds.location,
-                attempts = c.attempts + 1, "unknown to Dojo with this location's key; fetch dropped");
+                not_found = c.not_found_attempts + 1, attempts = c.attempts + 1,
+                "unknown to Dojo with this location's key; fetch dropped");
             done(pool, c).await?;
             Ok("not_found")
+        }
+        Err(ApiError::NotFound) => {
+            sqlx::query(
+                "UPDATE enrichment_outbox SET not_found_attempts = not_found_attempts + 1
+                 WHERE payment_intent_id = $1",
+            )
+            .bind(&c.payment_intent_id)
+            .execute(pool)
+            .await?;
+            let error = ApiError::NotFound.to_string();
+            reschedule(pool, &worker.settings.enrich, c, &error, None).await?;
+            Ok("retried")
         }
         Err(ApiError::KeyBroken { .. }) => {
             let wait = worker.dojo.config.key_cooldown;
@@ -254,7 +274,8 @@ async fn done(db: impl sqlx::PgExecutor<'_>, c: &Claimed) -> Result<(), sqlx::Er
     sqlx::query(
         "WITH gone AS (DELETE FROM enrichment_outbox
                        WHERE payment_intent_id = $1 AND generation = $2 RETURNING 1)
-         UPDATE enrichment_outbox SET due_at = now(), attempts = 0, last_error = NULL
+         UPDATE enrichment_outbox SET due_at = now(), attempts = 0, not_found_attempts = 0,
+                last_error = NULL
          WHERE payment_intent_id = $1 AND NOT EXISTS (SELECT 1 FROM gone)",
     )
     .bind(&c.payment_intent_id)
