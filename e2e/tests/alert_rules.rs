@@ -182,6 +182,12 @@ async fn every_alert_rule_reads_series_the_services_really_expose() {
         value(&before, "dojo_ingress_locations_reloads_total", &refused),
         Some(0.0)
     );
+    let processor_metrics = format!("{}/metrics", processor.running.url);
+    let reloads = "dojo_processor_locations_reloads_total";
+    assert_eq!(
+        value(&page(&processor_metrics).await, reloads, &refused),
+        Some(0.0)
+    );
 
     // What the rules watch for: an accepted event, an event of another account, a
     // refused locations file.
@@ -224,7 +230,6 @@ async fn every_alert_rule_reads_series_the_services_really_expose() {
         ),
         Some(1.0)
     );
-    let processor_metrics = format!("{}/metrics", processor.running.url);
     let last_sweep = "dojo_processor_sweep_last_success_timestamp_seconds";
     wait_until(
         "the refused key, a completed sweep of location 1 and none of location 2 (0) in the processor's metrics",
@@ -240,9 +245,16 @@ async fn every_alert_rule_reads_series_the_services_really_expose() {
     )
     .await;
     std::fs::write(&file, "[[location]]\nid = \"x\"\n").unwrap();
-    wait_until("the broken file refused", PATIENCE, || async {
-        let page = page(&metrics_url).await;
-        (value(&page, "dojo_ingress_locations_reloads_total", &refused) == Some(1.0)).then_some(())
+    wait_until("the broken file refused by both", PATIENCE, || async {
+        let ingress_page = page(&metrics_url).await;
+        let processor_page = page(&processor_metrics).await;
+        (value(
+            &ingress_page,
+            "dojo_ingress_locations_reloads_total",
+            &refused,
+        ) == Some(1.0)
+            && value(&processor_page, reloads, &refused) == Some(1.0))
+        .then_some(())
     })
     .await;
     processor.settled(1).await;

@@ -202,7 +202,18 @@ impl Application {
                     settings::feed_tokens_apart(l, api_token.as_ref())
                 }
             },
-            |_| {},
+            {
+                let worker = self.worker.clone();
+                move |outcome: &Result<_, _>| {
+                    let result = if outcome.is_ok() {
+                        "applied"
+                    } else {
+                        "refused"
+                    };
+                    let reloads = &worker.metrics.locations_reloads;
+                    reloads.with_label_values(&[result]).inc();
+                }
+            },
         ));
         let accounts = tokio::spawn(feed::follow_locations(self.worker.clone(), stopped.clone()));
         let handle = self.server.handle();

@@ -51,6 +51,10 @@ pub struct Metrics {
     /// The oldest `seq` kept in the outbox (0: empty), and its age in seconds.
     pub feed_oldest_seq: IntGauge,
     pub feed_oldest_age: IntGauge,
+    /// Locations file reloads, by result (applied, refused): the processor checks more
+    /// than ingress (no till token may equal `PROCESSOR_API_TOKEN`), so it can refuse a
+    /// file ingress applied. Both results exist at 0 from the start.
+    pub locations_reloads: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -170,6 +174,20 @@ impl Default for Metrics {
                 "dojo_processor_feed_oldest_age_seconds",
                 "Age of the oldest update kept in the payment feed",
             ),
+            locations_reloads: {
+                let reloads = counter_vec(
+                    &registry,
+                    "dojo_processor_locations_reloads_total",
+                    "Locations file reloads, by result (applied, refused)",
+                    &["result"],
+                );
+                // At 0 before the first reload: a counter that first appears at 1 shows
+                // no increase() (the alert would miss the first refusal).
+                for result in ["applied", "refused"] {
+                    reloads.with_label_values(&[result]);
+                }
+                reloads
+            },
             registry,
         }
     }
