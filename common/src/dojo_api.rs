@@ -272,15 +272,12 @@ impl DojoApi {
         let mut broken = self.broken.lock().expect("broken lock");
         match status {
             Some(status) => {
+                let key = Self::fingerprint(&creds.key);
+                let until = Instant::now() + self.config.key_cooldown;
+                // Logged once per refused key: a replacement that is refused too is new.
                 let was = broken
-                    .insert(
-                        location.to_owned(),
-                        (
-                            Self::fingerprint(&creds.key),
-                            Instant::now() + self.config.key_cooldown,
-                        ),
-                    )
-                    .is_some();
+                    .insert(location.to_owned(), (key, until))
+                    .is_some_and(|(before, _)| before == key);
                 self.metrics
                     .key_broken
                     .with_label_values(&[location])
