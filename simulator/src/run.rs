@@ -208,3 +208,77 @@ pub async fn run(scenario: &Scenario, targets: &Targets, options: &Options) -> R
     }
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP server that answers its first `refusals` requests `status`, then 200 `{}`,
+    /// each on its own connection; returns its base URL and how many requests it got.
+    async fn answering(refusals: usize, status: &'static str) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut buf).await;
+                let head = if n < refusals { status } else { "200 OK" };
+                let answer = format!(
+                    "HTTP/1.1 {head}\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, seen)
+    }
+
+    fn one_webhook(url: &str) -> (Scenario, Targets, Options) {
+        let scenario = crate::scenario::lifecycles("acc_test", 1, 0.0, 1);
+        let targets = Targets {
+            http: Some(Dojo::new(url, "secret", "u", "p")),
+            ..Targets::default()
+        };
+        let options = Options {
+            channels: vec![Via::Webhook],
+            rate: None,
+            concurrency: 1,
+            doubling: 0.0,
+            seed: 1,
+            timeout: Duration::from_secs(5),
+        };
+        (scenario, targets, options)
+    }
+
+    #[tokio::test]
+    async fn a_408_is_sent_again_as_dojo_would_and_other_refusals_are_not() {
+        let (url, seen) = answering(1, "408 Request Timeout").await;
+        let (scenario, targets, options) = one_webhook(&url);
+        let first = scenario.deliveries.len();
+        let report = run(&scenario, &targets, &options).await;
+        assert_eq!(report.failed, 0, "{:?}", report.failures);
+        assert_eq!(report.retried, 1);
+        assert_eq!(seen.load(Ordering::SeqCst), first + 1);
+
+        let (url, seen) = answering(usize::MAX, "408 Request Timeout").await;
+        let (scenario, targets, options) = one_webhook(&url);
+        let report = run(&scenario, &targets, &options).await;
+        assert_eq!(report.failed as usize, scenario.deliveries.len());
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            scenario.deliveries.len() * (1 + HEAD_TIMEOUT_RETRIES as usize)
+        );
+
+        let (url, seen) = answering(1, "503 Service Unavailable").await;
+        let (scenario, targets, options) = one_webhook(&url);
+        let report = run(&scenario, &targets, &options).await;
+        assert_eq!(report.failed, 1);
+        assert_eq!(report.retried, 0);
+        assert_eq!(seen.load(Ordering::SeqCst), scenario.deliveries.len());
+    }
+}
